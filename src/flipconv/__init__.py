@@ -1,0 +1,26 @@
+"""flipconv: convolutions in JAX with an explicit flip and explicit layouts.
+
+Frameworks disagree on whether a conv layer flips its kernel (true
+convolution: Theano, Lasagne) or slides it as it is (cross-correlation: lax,
+PyTorch, TensorFlow, Flax), and on how axes are laid out. flipconv makes both
+explicit and moves weights safely between conventions.
+"""
+
+from flipconv.convert import convert_kernel
+from flipconv.registry import Convention, conventions, get_convention
+from flipconv.ops import conv, convolve, correlate, flip_kernel
+from flipconv.transpose import conv_transpose
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Convention",
+    "conv",
+    "conv_transpose",
+    "conventions",
+    "convert_kernel",
+    "convolve",
+    "correlate",
+    "flip_kernel",
+    "get_convention",
+]

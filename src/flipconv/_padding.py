@@ -1,0 +1,153 @@
+"""Every padding form -> explicit ``(low, high)`` pairs; pad modes; size rules.
+
+Sizes here are per spatial dimension, in argument order:
+
+* ``size``: the input's size after input dilation, ``(in - 1) * input_dilation + 1``;
+* ``k_eff``: the effective kernel size, ``(k - 1) * dilation + 1``;
+* the output of a conv is ``(size + low + high - k_eff) // stride + 1``.
+
+Padding forms (strings are case-insensitive)::
+
+  "VALID"       no padding
+  "SAME"        output = ceil(size / stride); odd total: extra at the end
+  "SAME_LOWER"  as SAME, extra at the start (ONNX)
+  "FULL"        k_eff - 1 on both sides
+  "HALF"        k_eff // 2 on both sides (Theano "half", Lasagne "same")
+  "CAUSAL"      k_eff - 1 at the start, none at the end
+  p             p on both sides of every dimension
+  (p1, p2)      p_i on both sides of dimension i
+  ((l1, h1), ..) explicit pairs
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from flipconv._validate import choice, is_int
+
+PADDING_NAMES = {
+    "valid": "VALID",
+    "same": "SAME",
+    "same_upper": "SAME",
+    "same_lower": "SAME_LOWER",
+    "full": "FULL",
+    "half": "HALF",
+    "causal": "CAUSAL",
+}
+# Paddings whose amount depends on the input size (matters for conv_transpose).
+SIZE_DEPENDENT = frozenset({"SAME", "SAME_LOWER"})
+
+PAD_MODES = {
+    "zeros": "zeros",
+    "zero": "zeros",
+    "constant": "zeros",
+    "reflect": "reflect",
+    "replicate": "replicate",
+    "edge": "replicate",
+    "circular": "circular",
+    "wrap": "circular",
+    "symmetric": "symmetric",
+}
+_NUMPY_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap",
+               "symmetric": "symmetric"}
+
+Pads = tuple[tuple[int, int], ...]
+PaddingSpec = str | Pads
+
+
+def normalize_padding(padding: Any, n: int, where: str) -> PaddingSpec:
+  """Checks a padding argument's form (not yet its size) for ``n`` dimensions.
+
+  Returns:
+    A canonical padding name (``"SAME"``, ...) or ``n`` ``(low, high)`` pairs.
+  """
+  if isinstance(padding, str):
+    return choice(padding, "padding", where, PADDING_NAMES)
+  form = ("a padding name (VALID, SAME, SAME_LOWER, FULL, HALF, CAUSAL), an int, "
+          f"{n} ints or {n} (low, high) pairs")
+  if is_int(padding):
+    pads = ((int(padding), int(padding)),) * n
+  elif isinstance(padding, (Sequence, np.ndarray)):
+    items = list(padding)
+    if len(items) != n:
+      raise ValueError(f"{where}: padding {padding!r} has {len(items)} entries but the conv has "
+                       f"{n} spatial dimension{'s' if n != 1 else ''}; give {form}.")
+    if all(is_int(p) for p in items):
+      pads = tuple((int(p), int(p)) for p in items)
+    elif all(isinstance(p, (Sequence, np.ndarray)) and len(p) == 2 and all(is_int(v) for v in p)
+             for p in items):
+      pads = tuple((int(p[0]), int(p[1])) for p in items)
+    else:
+      raise TypeError(f"{where}: padding {padding!r} is not {form}.")
+  else:
+    raise TypeError(f"{where}: padding {padding!r} is not {form}.")
+  if any(lo < 0 or hi < 0 for lo, hi in pads):
+    raise ValueError(f"{where}: padding must not be negative, got {padding!r}.")
+  return pads
+
+
+def explicit_pads(
+    spec: PaddingSpec, sizes: Sequence[int], k_eff: Sequence[int], strides: Sequence[int]
+) -> Pads:
+  """``(low, high)`` per dimension for a padding spec and the conv's sizes."""
+  if not isinstance(spec, str):
+    return spec
+  pads = []
+  for size, k, s in zip(sizes, k_eff, strides, strict=True):
+    if spec == "VALID":
+      pads.append((0, 0))
+    elif spec in SIZE_DEPENDENT:
+      total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+      small, big = total // 2, total - total // 2
+      pads.append((small, big) if spec == "SAME" else (big, small))
+    elif spec == "FULL":
+      pads.append((k - 1, k - 1))
+    elif spec == "HALF":
+      pads.append((k // 2, k // 2))
+    elif spec == "CAUSAL":
+      pads.append((k - 1, 0))
+    else:  # pragma: no cover - normalize_padding admits nothing else
+      raise AssertionError(spec)
+  return tuple(pads)
+
+
+def effective_sizes(sizes: Sequence[int], dilation: Sequence[int]) -> tuple[int, ...]:
+  """``(k - 1) * d + 1``: the extent of a dilated window (or dilated input)."""
+  return tuple((k - 1) * d + 1 if k > 0 else 0 for k, d in zip(sizes, dilation, strict=True))
+
+
+def conv_output_sizes(
+    sizes: Sequence[int], pads: Pads, k_eff: Sequence[int], strides: Sequence[int]
+) -> tuple[int, ...]:
+  """Output sizes of a conv (floor rounding, as every framework does)."""
+  return tuple((size + lo + hi - k) // s + 1
+               for size, (lo, hi), k, s in zip(sizes, pads, k_eff, strides, strict=True))
+
+
+def normalize_pad_mode(pad_mode: Any, where: str) -> str:
+  return choice(pad_mode, "pad_mode", where, PAD_MODES)
+
+
+def check_pad_mode_fits(mode: str, sizes: Sequence[int], pads: Pads, where: str) -> None:
+  """PyTorch's limits: reflect needs pad < size; circular and symmetric pad <= size."""
+  for dim, (size, (lo, hi)) in enumerate(zip(sizes, pads, strict=True)):
+    big = max(lo, hi)
+    if mode == "reflect" and big >= size:
+      raise ValueError(f"{where}: pad_mode='reflect' needs padding smaller than the input, but "
+                       f"spatial dimension {dim} has size {size} and padding {(lo, hi)}.")
+    if mode in ("circular", "symmetric") and big > size:
+      raise ValueError(f"{where}: pad_mode={mode!r} needs padding at most the input size, but "
+                       f"spatial dimension {dim} has size {size} and padding {(lo, hi)}.")
+
+
+def apply_pad_mode(x: jnp.ndarray, mode: str, pads: Pads, axes: Sequence[int]) -> jnp.ndarray:
+  """Pads the spatial ``axes`` of ``x`` by ``pads`` with a non-zero ``mode``."""
+  widths = [(0, 0)] * x.ndim
+  for axis, pair in zip(axes, pads, strict=True):
+    widths[axis] = pair
+  return jnp.pad(x, widths, mode=_NUMPY_MODE[mode])
