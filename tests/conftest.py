@@ -1,0 +1,22 @@
+"""Test-wide settings.
+
+Eight host devices let the sharding tests build real meshes on one CPU; the
+flag must be set before jax is first imported, hence here.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# JAX compiles on first call, so per-example deadlines measure the compiler.
+settings.register_profile(
+    "flipconv",
+    deadline=None,
+    max_examples=30,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "flipconv"))
