@@ -1,0 +1,565 @@
+"""Converting whole parameter trees: which leaves are kernels, and what each becomes.
+
+:func:`convert_params` walks a tree (dict, FrozenDict, ``nnx.State``, list,
+tuple, namedtuple, any registered pytree, or a flat PyTorch-style dict with
+dotted keys), picks the kernels (``select``), and converts each with the
+:class:`~flipconv.convert.KernelPlan` of :mod:`flipconv.convert` (dense
+kernels: ``OI`` <-> ``IO``). :func:`plan_params` returns the same decisions as
+a list of :class:`Change` without converting anything.
+
+Paths are the tree's keys joined by ``"/"``; a dotted key is split at its
+dots, so ``{"layer1.0.conv1.weight": w}`` has the path
+``layer1/0/conv1/weight``, the same as the nested
+``{"layer1": {"0": {"conv1": {"weight": w}}}}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import re
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flipconv._validate import shape_str
+from flipconv.convert import KernelPlan, apply_plan, kernel_plan
+from flipconv.registry import Convention, get_convention
+
+Kind = Literal["conv", "conv_transpose", "linear"]
+KINDS: tuple[str, ...] = ("conv", "conv_transpose", "linear")
+Selector = Callable[[str, Any], Any]
+
+# "auto": leaf names that hold kernels in Flax/Haiku/Keras (kernel, w), PyTorch/
+# Equinox (weight), Lasagne (W) and TF1 (filter).
+KERNEL_NAMES = frozenset({"kernel", "weight", "w", "filter"})
+# A module (path part or node class) named like a transposed conv.
+_TRANSPOSED = re.compile(r"transpose|deconv|up[-_]?conv", re.IGNORECASE)
+# A rank-2 "weight" under an embedding is a lookup table, not a dense kernel.
+_EMBEDDING = re.compile(r"embed", re.IGNORECASE)
+_SEPARATORS = re.compile(r"[./]")
+# Names that never hold kernels, whatever their rank.
+_NOT_KERNELS = frozenset({"bias", "b", "scale"})
+# nnx.Variable and similar wrappers flatten to a ".value" child: not part of the name.
+_WRAPPER_ATTRS = frozenset({"value", "raw_value"})
+
+
+class UnselectedKernelWarning(UserWarning):
+  """``select="auto"`` met leaves shaped like kernels that it could not classify."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+  """What converting one selected leaf does.
+
+  Attributes:
+    path: the leaf's path, ``"/"``-joined (dotted keys split at the dots).
+    kind: ``"conv"``, ``"conv_transpose"`` or ``"linear"``.
+    old_shape: the shape before.
+    new_shape: the shape after.
+    flip: whether spatial axes are reversed.
+    permutation: axes of the old array in the order of the new one
+      (``np.transpose(old, permutation)``), applied before the flip.
+    flip_axes: axes of the *new* array that are reversed.
+    src_layout: the kernel's layout before, e.g. ``"OIHW"`` (``"OI"`` for dense).
+    dst_layout: its layout after, e.g. ``"HWIO"``.
+    dtype: the leaf's dtype name (kept by the conversion).
+  """
+
+  path: str
+  kind: str
+  old_shape: tuple[int, ...]
+  new_shape: tuple[int, ...]
+  flip: bool
+  permutation: tuple[int, ...]
+  flip_axes: tuple[int, ...] = ()
+  src_layout: str = ""
+  dst_layout: str = ""
+  dtype: str = ""
+
+  @property
+  def changed(self) -> bool:
+    """False when the conventions store this kernel alike: the leaf is returned as is."""
+    return self.flip or self.permutation != tuple(range(len(self.permutation)))
+
+  def describe(self) -> str:
+    """What is done, in words: ``"OIHW -> HWIO: transpose (2, 3, 1, 0), flip H W"``."""
+    if not self.changed:
+      return f"{self.src_layout}: unchanged"
+    what = []
+    if self.permutation != tuple(range(len(self.permutation))):
+      what.append(f"transpose {self.permutation}")
+    if self.flip:
+      what.append("flip " + " ".join(self.dst_layout[a] for a in self.flip_axes))
+    return f"{self.src_layout} -> {self.dst_layout}: " + ", ".join(what)
+
+  def __str__(self) -> str:
+    return (f"{self.path}: {self.kind} {shape_str(self.old_shape)} -> "
+            f"{shape_str(self.new_shape)} ({self.describe()})")
+
+
+class Plan(list):
+  """The list of :class:`Change` that :func:`plan_params` returns; ``str()`` is a table."""
+
+  def __str__(self) -> str:
+    return format_plan(self)
+
+
+def format_plan(changes: Sequence[Change]) -> str:
+  """The changes as an aligned table, one line per leaf, and a count (``flipconv --dry-run``)."""
+  if not changes:
+    return "no leaf selected: nothing to convert."
+  rows = [(c.path, c.kind, shape_str(c.old_shape), "->", shape_str(c.new_shape), c.describe())
+          for c in changes]
+  widths = [max(len(r[i]) for r in rows) for i in range(5)]
+  lines = ["  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5] for r in rows]
+  n_changed = sum(c.changed for c in changes)
+  n_flip = sum(c.flip for c in changes)
+  lines.append(f"{len(changes)} selected: {n_changed} converted ({n_flip} flipped), "
+               f"{len(changes) - n_changed} unchanged.")
+  return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class Selected:
+  """One selected leaf: where it is in the flattened tree, and its plan."""
+
+  index: int
+  keypath: tuple[Any, ...]
+  change: Change
+  plan: KernelPlan
+
+
+@dataclasses.dataclass(frozen=True)
+class Unclassified:
+  """A leaf shaped like a kernel that ``select="auto"`` left alone, and why."""
+
+  path: str
+  shape: tuple[int, ...]
+  reason: str
+
+  def __str__(self) -> str:
+    return f"{self.path} {shape_str(self.shape)}: {self.reason}"
+
+
+# ---------------------------------------------------------------------------
+# Paths
+
+
+def _key_str(key: Any) -> str:
+  tu = jax.tree_util
+  if isinstance(key, tu.DictKey):
+    return str(key.key)
+  if isinstance(key, tu.SequenceKey):
+    return str(key.idx)
+  if isinstance(key, tu.GetAttrKey):
+    return key.name
+  if isinstance(key, tu.FlattenedIndexKey):
+    return str(key.key)
+  return str(key)
+
+
+def _unwrapped(keypath: Sequence[Any]) -> list[Any]:
+  keys = list(keypath)
+  if (len(keys) > 1 and isinstance(keys[-1], jax.tree_util.GetAttrKey)
+      and keys[-1].name in _WRAPPER_ATTRS):
+    keys = keys[:-1]
+  return keys
+
+
+def path_parts(keypath: Sequence[Any]) -> list[str]:
+  """The path's names: keys split at ``.`` and ``/``, a wrapper's trailing ``value`` dropped."""
+  return [p for k in _unwrapped(keypath) for p in _SEPARATORS.split(_key_str(k)) if p]
+
+
+def _child(node: Any, key: Any) -> Any:
+  tu = jax.tree_util
+  if isinstance(key, tu.DictKey):
+    return node[key.key]
+  if isinstance(key, tu.SequenceKey):
+    return node[key.idx]
+  if isinstance(key, tu.GetAttrKey):
+    return getattr(node, key.name)
+  raise LookupError(key)
+
+
+def _module_names(tree: Any, keypath: Sequence[Any], parts: list[str]) -> list[str]:
+  """The names of the module that holds a leaf: its key (the nearest one that is not an
+  index, so ``decoder.deconv.weight`` gives ``deconv``) and the holder's class name (an
+  Equinox field ``up: eqx.nn.ConvTranspose2d`` gives ``ConvTranspose2d``)."""
+  names = [next((p for p in reversed(parts[:-1]) if not p.isdigit()), "")]
+  node = tree
+  try:
+    for key in _unwrapped(keypath)[:-1]:
+      node = _child(node, key)
+  except Exception:  # a pytree without key access: the key is all we know
+    return names
+  return [*names, type(node).__name__]
+
+
+# ---------------------------------------------------------------------------
+# Selection
+
+
+def _is_array(leaf: Any) -> bool:
+  return hasattr(leaf, "shape") and hasattr(leaf, "dtype") and not isinstance(leaf, type)
+
+
+def _auto(parts: list[str], modules: Callable[[], list[str]], shape: tuple[int, ...],
+          src: Convention, dst: Convention) -> tuple[str | None, str | None]:
+  """The "auto" rule: ``(kind or None, reason to report or None)``."""
+  name = parts[-1] if parts else ""
+  kernel_named = name.lower() in KERNEL_NAMES
+  if len(shape) >= 3:
+    if not kernel_named:
+      if name.lower() in _NOT_KERNELS or sum(n > 1 for n in shape) < 2:
+        return None, None  # an Equinox bias (C, 1, 1), a scale: nothing like a kernel
+      return None, (f"rank {len(shape)} like a conv kernel, but named {name!r}, not one of "
+                    f"{', '.join(sorted(KERNEL_NAMES))}")
+    transposed = any(_TRANSPOSED.search(m) for m in modules())
+    return ("conv_transpose" if transposed else "conv"), None
+  if len(shape) == 2 and kernel_named and src.linear_layout != dst.linear_layout:
+    if any(_EMBEDDING.search(m) for m in modules()):
+      return None, "a rank-2 weight under an embedding (a lookup table, not a dense kernel?)"
+    return "linear", None
+  return None, None
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+  # Paths never contain dots (keys are split at them), so "a.*.w" means "a/*/w".
+  return re.compile(fnmatch.translate(pattern.replace(".", "/")))
+
+
+def _check_kind(kind: Any, where: str, what: str) -> str | None:
+  if kind is None or kind == "none":
+    return None
+  if kind == "auto" or kind in KINDS:
+    return kind
+  raise ValueError(f"{where}: {what} gave kind {kind!r}; allowed: "
+                   f"{', '.join(repr(k) for k in (*KINDS, 'auto', None))}.")
+
+
+class _GlobSelector:
+  """A mapping of glob patterns to kinds; the first pattern that matches a path wins."""
+
+  def __init__(self, mapping: Mapping[str, Any], where: str):
+    self.where = where
+    self.rules = []
+    for pattern, kind in mapping.items():
+      if not isinstance(pattern, str) or not pattern:
+        raise TypeError(f"{where}: select patterns must be non-empty strings, got {pattern!r}.")
+      self.rules.append((pattern, _glob_regex(pattern),
+                         _check_kind(kind, where, f"select pattern {pattern!r}")))
+    self.used: set[str] = set()
+    self.paths: list[str] = []
+
+  def __call__(self, path: str, leaf: Any) -> str | None:
+    self.paths.append(path)
+    for pattern, regex, kind in self.rules:
+      if regex.fullmatch(path):
+        self.used.add(pattern)
+        return kind
+    return None
+
+  def check_used(self) -> None:
+    unused = [p for p, _, _ in self.rules if p not in self.used]
+    if unused:
+      examples = ", ".join(repr(p) for p in self.paths[:4]) or "none: the tree has no array"
+      raise ValueError(
+          f"{self.where}: select pattern{'s' if len(unused) > 1 else ''} "
+          f"{', '.join(repr(p) for p in unused)} match{'' if len(unused) > 1 else 'es'} no "
+          f"array leaf. Patterns are globs on the '/'-joined path (dots count as '/', '*' "
+          f"crosses '/'); paths look like {examples}.")
+
+
+def _selector(select: Any, where: str) -> Selector:
+  if isinstance(select, str):
+    if select != "auto":
+      raise ValueError(f"{where}: select must be 'auto', a callable (path, leaf) -> kind, or a "
+                       f"mapping from glob patterns to kinds; got the string {select!r}.")
+    return lambda path, leaf: "auto"
+  if isinstance(select, Mapping):
+    return _GlobSelector(select, where)
+  if callable(select):
+    return lambda path, leaf: _check_kind(select(path, leaf), where,
+                                          f"select({path!r}, leaf)")
+  raise TypeError(f"{where}: select must be 'auto', a callable (path, leaf) -> kind, or a "
+                  f"mapping from glob patterns to kinds; got {type(select).__name__} "
+                  f"{select!r}.")
+
+
+def _plan_leaf(kind: str, path: str, shape: tuple[int, ...], src: Convention, dst: Convention,
+               where: str) -> KernelPlan:
+  if kind == "linear":
+    if len(shape) != 2:
+      raise ValueError(f"{where}: leaf {path!r} of shape {shape_str(shape)} is selected as "
+                       "'linear', but a dense kernel has rank 2.")
+    # The dense kernel's axes are O and I, permuted like a conv kernel's.
+    s, d = src.linear_layout, dst.linear_layout
+    return KernelPlan("linear", s, d, tuple(s.index(c) for c in d), ())
+  if len(shape) < 3:
+    raise ValueError(f"{where}: leaf {path!r} of shape {shape_str(shape)} is selected as "
+                     f"{kind!r}, but a conv kernel has rank >= 3 (O, I and spatial axes).")
+  return kernel_plan(len(shape), src, dst, kind=kind, where=where)
+
+
+def select_leaves(
+    params: Any, src: str | Convention, dst: str | Convention, select: Any = "auto", *,
+    where: str = "convert_params",
+) -> tuple[list[tuple[Any, Any]], Any, list[Selected], list[Unclassified]]:
+  """Flattens ``params`` and decides, leaf by leaf, what is converted and how.
+
+  Returns:
+    ``(flat, treedef, selected, unclassified)``: ``flat`` is
+    ``jax.tree_util.tree_flatten_with_path(params)[0]``, ``selected`` one
+    :class:`Selected` per converted leaf (in ``flat`` order), ``unclassified``
+    the leaves that ``"auto"`` reports.
+  """
+  s, d = get_convention(src), get_convention(dst)
+  chooser = _selector(select, where)
+  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+  selected, unclassified = [], []
+  plans: dict[tuple[str, int], KernelPlan] = {}
+  for i, (keypath, leaf) in enumerate(flat):
+    if not _is_array(leaf):
+      continue
+    parts = path_parts(keypath)
+    path = "/".join(parts)
+    shape = tuple(int(n) for n in leaf.shape)
+    kind = chooser(path, leaf)
+    if kind == "auto":
+      modules = lambda kp=keypath, parts=parts: _module_names(params, kp, parts)
+      kind, reason = _auto(parts, modules, shape, s, d)
+      if reason:
+        unclassified.append(Unclassified(path, shape, reason))
+    if kind is None:
+      continue
+    if (kind, len(shape)) not in plans:  # one plan per kind and rank
+      plans[kind, len(shape)] = _plan_leaf(kind, path, shape, s, d, where)
+    plan = plans[kind, len(shape)]
+    change = Change(path, kind, shape, plan.new_shape(shape), plan.flip, plan.permutation,
+                    plan.flip_axes, plan.src_layout, plan.dst_layout, str(np.dtype(leaf.dtype)))
+    selected.append(Selected(i, keypath, change, plan))
+  if isinstance(chooser, _GlobSelector):
+    chooser.check_used()
+  return flat, treedef, selected, unclassified
+
+
+def _warn_unclassified(unclassified: list[Unclassified], where: str) -> None:
+  if not unclassified:
+    return
+  listed = "; ".join(str(u) for u in unclassified[:8])
+  more = f"; and {len(unclassified) - 8} more" if len(unclassified) > 8 else ""
+  first = unclassified[0].path
+  warnings.warn(
+      f"{where}: select='auto' left {len(unclassified)} kernel-shaped leaf/leaves unchanged: "
+      f"{listed}{more}. Say what they are with a mapping, e.g. select={{{first!r}: 'conv', "
+      f"'*': 'auto'}} (or None to keep it as is and silence this).",
+      UnselectedKernelWarning, stacklevel=3)
+
+
+# ---------------------------------------------------------------------------
+# Applying a plan
+
+
+def permute_numpy(array: Any, plan: KernelPlan) -> np.ndarray:
+  """Applies a plan to a NumPy array in one pass over its bytes; the dtype is kept.
+
+  NumPy's strided copy walks the output in order, reading the source across
+  cache lines when the source's fastest axis is not the output's. Copying in
+  column tiles one cache line wide keeps the lines it reads in cache (about
+  1.4x faster on ResNet kernels; see ``benchmarks/bench_params.py``).
+  """
+  a = np.asarray(array)
+  src = a.transpose(plan.permutation)
+  if plan.flip_axes:
+    src = np.flip(src, plan.flip_axes)
+  out = np.empty(src.shape, a.dtype)
+  _copy_tiled(out, src)
+  return out
+
+
+_SMALL = 1 << 16  # elements: below this the plain copy is as fast
+_TILE_BYTES = 64  # one cache line
+
+
+def _copy_tiled(out: np.ndarray, src: np.ndarray) -> None:
+  axes = [d for d in range(out.ndim) if out.shape[d] > 1]
+  if out.size < _SMALL or len(axes) < 2:
+    np.copyto(out, src)
+    return
+  last = axes[-1]
+  fastest = min(axes, key=lambda d: abs(src.strides[d]))
+  if fastest == last:
+    np.copyto(out, src)
+    return
+  step = max(1, _TILE_BYTES // out.itemsize)
+  index = [slice(None)] * out.ndim
+  for j in range(0, out.shape[last], step):
+    index[last] = slice(j, j + step)
+    np.copyto(out[tuple(index)], src[tuple(index)])
+
+
+def out_sharding(sharding: Any, plan: KernelPlan, ndim: int) -> Any:
+  """The sharding of the converted array: a NamedSharding's spec permuted like the axes."""
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    spec = tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
+    return jax.sharding.NamedSharding(
+        sharding.mesh, jax.sharding.PartitionSpec(*(spec[a] for a in plan.permutation)),
+        memory_kind=sharding.memory_kind)
+  if isinstance(sharding, jax.sharding.SingleDeviceSharding):
+    return sharding
+  return None  # let XLA propagate it
+
+
+def device_fn(plan: KernelPlan, sharding: Any, ndim: int) -> Callable[[jax.Array], jax.Array]:
+  """A jitted permutation whose output sharding is the input's, permuted: no collective.
+
+  Each device permutes its own shard (a transpose moves no element between
+  shards when the spec moves with the axes); the flip reverses spatial axes,
+  which only need communication if they are themselves sharded.
+  """
+  def fn(kernel):
+    out = jnp.transpose(kernel, plan.permutation)
+    return jax.lax.rev(out, plan.flip_axes) if plan.flip_axes else out
+
+  return jax.jit(fn, out_shardings=out_sharding(sharding, plan, ndim))
+
+
+def _apply(leaf: Any, change: Change, plan: KernelPlan,
+           cache: dict[Any, Callable[[jax.Array], jax.Array]]) -> Any:
+  if not change.changed:
+    return leaf
+  if isinstance(leaf, jax.core.Tracer):
+    return apply_plan(leaf, plan)
+  if isinstance(leaf, jax.Array):
+    key = (plan, leaf.sharding, leaf.ndim)
+    if key not in cache:
+      cache[key] = device_fn(plan, leaf.sharding, leaf.ndim)
+    return cache[key](leaf)
+  if isinstance(leaf, jax.ShapeDtypeStruct):
+    return jax.ShapeDtypeStruct(change.new_shape, leaf.dtype)
+  return permute_numpy(leaf, plan)
+
+
+def _keep_dict_order(template: Any, out: Any) -> Any:
+  # jax.tree_util rebuilds plain dicts with sorted keys; give back the caller's order.
+  if type(template) is dict and type(out) is dict and template.keys() == out.keys():
+    return {k: _keep_dict_order(template[k], out[k]) for k in template}
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Public
+
+
+def convert_params(
+    params: Any,
+    src: str | Convention,
+    dst: str | Convention,
+    *,
+    select: str | Mapping[str, str | None] | Selector = "auto",
+) -> Any:
+  """Converts every kernel in a parameter tree from ``src``'s convention to ``dst``'s.
+
+  Each selected conv kernel goes through :func:`flipconv.convert_kernel`'s plan
+  (a permutation, and a flip where the conventions' flips differ); each
+  selected dense kernel is transposed where the ``linear_layout`` differ
+  (``OI`` <-> ``IO``). Every other leaf is returned as it is (the same object),
+  and so is a selected kernel that both conventions store alike.
+
+  Args:
+    params: a pytree: dict, ``FrozenDict``, ``nnx.State``, list, tuple,
+      namedtuple, any registered pytree (an Equinox module), or a flat dict
+      with dotted keys (a PyTorch ``state_dict`` as NumPy arrays).
+    src: the convention the parameters were trained in (name or Convention).
+    dst: the convention they will be used with.
+    select: which leaves are kernels, and of what kind:
+
+      * ``"auto"``: leaves named ``kernel``, ``weight``, ``W``, ``w`` or
+        ``filter`` with rank >= 3 are conv kernels, ``conv_transpose`` when
+        the module that holds them is named like ``ConvTranspose``,
+        ``deconv``, ``transpose`` or ``up_conv`` (its key, the nearest one
+        that is not an index, or its class: an Equinox field
+        ``up: eqx.nn.ConvTranspose2d``); such leaves of rank 2 are dense
+        kernels when the conventions' ``linear_layout`` differ. A transposed
+        conv under a plain name (``up.0.weight`` in an ``nn.Sequential``) is
+        taken for a conv: check with :func:`plan_params`. Leaves of rank >= 3 with other names (a
+        Keras ``depthwise_kernel``, a ``pos_embed``) and rank-2 weights under
+        an ``embed`` module are left unchanged with an
+        :class:`UnselectedKernelWarning` that lists them.
+      * a callable ``(path, leaf) -> None | "conv" | "conv_transpose" |
+        "linear"`` (or ``"auto"``), called for every array leaf.
+      * a mapping from glob patterns on the path to those kinds; the first
+        pattern that matches wins, unmatched leaves are left alone, and a
+        pattern that matches nothing is an error. ``{"head/*": None, "*":
+        "auto"}`` excludes a subtree and lets ``"auto"`` decide the rest.
+
+  Returns:
+    A tree of the same structure and container types. Dtypes are kept; NumPy
+    leaves come back as NumPy, ``jax.Array`` leaves as ``jax.Array``: a sharded
+    one is permuted shard by shard (under ``jit``, its ``PartitionSpec``
+    permuted like its axes), never gathered onto one device.
+
+  Raises:
+    ValueError: a glob that matches nothing, an unknown kind, a selected leaf
+      of the wrong rank, an unknown convention.
+
+  Note:
+    The first dense layer after a flatten also depends on the order in which
+    NCHW and NHWC activations are flattened; no conversion of the weights
+    alone can know that. Convert it by hand (or flatten in one order).
+
+  Examples:
+    >>> import numpy as np, flipconv as fc
+    >>> sd = {"conv.weight": np.zeros((8, 3, 5, 5)), "conv.bias": np.zeros(8),
+    ...       "fc.weight": np.zeros((10, 8))}
+    >>> out = fc.convert_params(sd, "pytorch", "flax")
+    >>> out["conv.weight"].shape, out["fc.weight"].shape, out["conv.bias"] is sd["conv.bias"]
+    ((5, 5, 3, 8), (8, 10), True)
+  """
+  where = "convert_params"
+  flat, treedef, selected, unclassified = select_leaves(params, src, dst, select, where=where)
+  _warn_unclassified(unclassified, where)
+  leaves = [leaf for _, leaf in flat]
+  cache: dict[Any, Callable[[jax.Array], jax.Array]] = {}
+  for sel in selected:
+    leaves[sel.index] = _apply(leaves[sel.index], sel.change, sel.plan, cache)
+  return _keep_dict_order(params, jax.tree_util.tree_unflatten(treedef, leaves))
+
+
+def plan_params(
+    params: Any,
+    src: str | Convention,
+    dst: str | Convention,
+    *,
+    select: str | Mapping[str, str | None] | Selector = "auto",
+) -> list[Change]:
+  """What :func:`convert_params` would do, leaf by leaf, without converting anything.
+
+  Args:
+    params: as in :func:`convert_params`; leaves may be anything with
+      ``shape`` and ``dtype`` (``jax.ShapeDtypeStruct`` too).
+    src, dst, select: as in :func:`convert_params`.
+
+  Returns:
+    One :class:`Change` per selected leaf, in the tree's flattening order. The
+    list's ``str()`` is an aligned table (what ``flipconv convert --dry-run``
+    prints).
+
+  Examples:
+    >>> import numpy as np, flipconv as fc
+    >>> plan = fc.plan_params({"up": {"ConvTranspose_0": {"kernel": np.zeros((4, 4, 8, 3))}}},
+    ...                       "flax", "pytorch")
+    >>> print(plan[0])
+    up/ConvTranspose_0/kernel: conv_transpose (4, 4, 8, 3) -> (8, 3, 4, 4) (HWOI -> OIHW: transpose (2, 3, 0, 1), flip H W)
+  """  # noqa: E501
+  where = "plan_params"
+  _, _, selected, unclassified = select_leaves(params, src, dst, select, where=where)
+  _warn_unclassified(unclassified, where)
+  return Plan(sel.change for sel in selected)
+
