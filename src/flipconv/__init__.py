@@ -7,20 +7,27 @@ explicit and moves weights safely between conventions.
 """
 
 from flipconv.convert import convert_kernel
+from flipconv.detect import Match, detect_convention
 from flipconv.registry import Convention, conventions, get_convention
 from flipconv.ops import conv, convolve, correlate, flip_kernel
+from flipconv.params import Change, convert_params, plan_params
 from flipconv.transpose import conv_transpose
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Change",
     "Convention",
+    "Match",
     "conv",
     "conv_transpose",
     "conventions",
     "convert_kernel",
+    "convert_params",
     "convolve",
     "correlate",
+    "detect_convention",
     "flip_kernel",
     "get_convention",
+    "plan_params",
 ]

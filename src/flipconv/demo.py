@@ -78,7 +78,119 @@ def flip_section(out: Callable[[str], None] = print) -> bool:
   return _report("flip", checks, out)
 
 
-SECTIONS: list[Callable[[Callable[[str], None]], bool]] = [flip_section]
+def checkpoint_section(out: Callable[[str], None] = print) -> bool:
+  """A PyTorch-convention checkpoint converted to Flax on disk, then used by flax.linen.Conv."""
+  import os
+  import tempfile
+
+  import flax.linen as nn
+
+  import flipconv as fc
+  from flipconv import checkpoints
+
+  number = SECTIONS.index(checkpoint_section) + 1 if checkpoint_section in SECTIONS else "*"
+  out(f"{number}. Converting a checkpoint: PyTorch (OIHW) -> Flax (HWIO)")
+  rng = np.random.default_rng(1)
+  f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)
+  state = {"conv1.weight": f32(3, 3, 3, 3), "conv1.bias": f32(3),   # 3 -> 3 channels
+           "conv2.weight": f32(8, 3, 3, 3), "conv2.bias": f32(8)}   # 3 -> 8 channels
+  try:
+    from safetensors.numpy import save_file
+  except ImportError:  # no safetensors: the same story with .npz
+    save_file, ext = None, ".npz"
+  else:
+    ext = ".safetensors"
+  with tempfile.TemporaryDirectory() as tmp:
+    src, dst = os.path.join(tmp, "torch" + ext), os.path.join(tmp, "flax" + ext)
+    if save_file is not None:
+      save_file(state, src)
+    else:
+      np.savez(src, **state)
+    out(f"   flipconv convert torch{ext} flax{ext} --from pytorch --to flax")
+    result = checkpoints.convert_file(src, dst, "pytorch", "flax")
+    for line in str(result.plan).splitlines():
+      out("     " + line)
+    converted, raw = checkpoints.load(dst), checkpoints.load(src)
+
+  try:
+    import torch
+  except ImportError:
+    torch = None
+  reference = "torch.nn.functional.conv2d" if torch else 'fc.conv(convention="pytorch")'
+  x = f32(2, 3, 9, 9)  # NCHW, as PyTorch takes it
+  checks = []
+  for layer in ("conv1", "conv2"):
+    w, b = state[f"{layer}.weight"], state[f"{layer}.bias"]
+    if torch is not None:
+      want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
+                                        torch.from_numpy(b), padding=1).numpy()
+    else:
+      want = np.asarray(fc.conv(x, w, convention="pytorch", padding=1)) + b[:, None, None]
+    want = want.transpose(0, 2, 3, 1)  # to NHWC, as Flax returns it
+    module = nn.Conv(features=w.shape[0], kernel_size=(3, 3), padding=1)
+    flax_in = x.transpose(0, 2, 3, 1)
+    got = np.asarray(module.apply(
+        {"params": {"kernel": converted[f"{layer}.weight"], "bias": converted[f"{layer}.bias"]}},
+        flax_in))
+    err = float(np.abs(got - want).max())
+    checks.append((f"{layer}: flax.linen.Conv on the converted file == {reference} on the "
+                   f"original (max |diff| = {err:.1e})", err < 1e-4))
+    try:
+      wrong = np.asarray(module.apply(
+          {"params": {"kernel": raw[f"{layer}.weight"], "bias": raw[f"{layer}.bias"]}}, flax_in))
+    except Exception as e:  # flax refuses a kernel of the wrong shape
+      checks.append((f"{layer}: the unconverted kernel does not even fit: "
+                     f"{type(e).__name__} (shape {raw[f'{layer}.weight'].shape} where Flax "
+                     f"wants {converted[f'{layer}.weight'].shape})", True))
+    else:
+      off = float(np.abs(wrong - want).max())
+      checks.append((f"{layer}: the unconverted kernel fits the shape but computes something "
+                     f"else (max |diff| = {off:.2f}, outputs up to "
+                     f"{float(np.abs(want).max()):.2f})", off > 1e-2))
+  return _report("checkpoint", checks, out)
+
+
+
+def detect_section(out: Callable[[str], None] = print) -> bool:
+  """A Lasagne layer's output (true convolution, pad='same'), named by detect_convention."""
+  import scipy.signal
+
+  import flipconv as fc
+  from flipconv.detect import format_matches
+
+  number = SECTIONS.index(detect_section) + 1 if detect_section in SECTIONS else "*"
+  out(f"{number}. Which convention were these weights trained in? fc.detect_convention")
+  rng = np.random.default_rng(2)
+  x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)  # NCHW
+  w = rng.standard_normal((4, 3, 4, 4)).astype(np.float32)  # OIHW, an even size
+  # Lasagne Conv2DLayer(pad='same') flips its filters (a true convolution) and
+  # pads k // 2 on both sides: scipy's 'full' (k - 1) cut by one on each side.
+  full = np.stack([[sum(scipy.signal.convolve(x[n, i], w[o, i]) for i in range(3))
+                    for o in range(4)] for n in range(2)]).astype(np.float32)
+  y = full[:, :, 1:-1, 1:-1]
+  out(f"   y: a Lasagne Conv2DLayer(pad='same') output, made with scipy.signal.convolve per "
+      f"channel;\n   x {x.shape}, W {w.shape} -> y {y.shape}. fc.detect_convention(x, W, y):")
+  matches = fc.detect_convention(x, w, y)
+  for line in format_matches(matches):
+    out("     " + line)
+  best = matches[0] if matches else None
+  ok = best is not None
+  checks = [
+      ("the first match is lasagne (flip=True, NCHW, OIHW)",
+       ok and "lasagne" in best.names and best.flip
+       and (best.layout, best.kernel_layout) == ("NCHW", "OIHW")),
+      ("with padding='HALF' (Lasagne's 'same': an even kernel gives one more row and column)",
+       ok and best.kwargs.get("padding") == "HALF"),
+      ("no cross-correlation convention (pytorch, flax, ...) reproduces y",
+       all(m.flip for m in matches)),
+      ("fc.conv(x, W, **match.kwargs) gives the Lasagne output",
+       ok and np.allclose(np.asarray(fc.conv(x, w, **best.kwargs)), y, atol=1e-4)),
+  ]
+  return _report("detect", checks, out)
+
+
+SECTIONS: list[Callable[[Callable[[str], None]], bool]] = [flip_section, checkpoint_section,
+                                                           detect_section]
 
 
 def run(out: Callable[[str], None] = print) -> int:
