@@ -43,7 +43,8 @@ def as_int_tuple(
   """
   if is_int(value):
     values = (int(value),) * n
-  elif isinstance(value, Sequence) and not isinstance(value, str) or isinstance(value, np.ndarray):
+  elif (isinstance(value, Sequence) and not isinstance(value, str)) or isinstance(
+      value, np.ndarray):
     values = tuple(value)
     if not all(is_int(v) for v in values):
       raise TypeError(f"{where}: {name} must be an int or a sequence of {n} ints, got {value!r}.")

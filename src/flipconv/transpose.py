@@ -56,7 +56,8 @@ def conv_transpose(
 
   * by default, for numeric padding and ``"VALID"``, ``"FULL"``, ``"HALF"``,
     ``"CAUSAL"``: the smallest size the forward conv maps to ``m``,
-    ``(m - 1) * s + k - pad_lo - pad_hi`` (PyTorch's rule); for ``"SAME"`` and
+    ``(m - 1) * s + k - pad_lo - pad_hi`` (PyTorch's rule; 1 where padding larger
+    than that makes it empty, where PyTorch raises); for ``"SAME"`` and
     ``"SAME_LOWER"``: ``m * s``. With a convention whose
     ``transpose_output_size`` is ``"tensorflow"`` (Flax, Keras, Haiku),
     ``"VALID"`` gives ``m * s + max(k - s, 0)``;
@@ -113,7 +114,7 @@ def conv_transpose(
   ctx = _spec.context(y.shape, kernel.shape, layouts)
   o_ax, i_ax = layouts.axis("rhs", "O"), layouts.axis("rhs", "I")
   c_y = y.shape[layouts.axis("lhs", "C")]
-  k_out, k_in = kernel.shape[o_ax], kernel.shape[i_ax]
+  k_out = kernel.shape[o_ax]
   if c_y != k_out:
     raise ValueError(
         f"{where}: x has {c_y} channels but the kernel has {k_out} output channels (O); "
@@ -174,23 +175,24 @@ def output_sizes(
     mm, k, s = m[dim], k_eff[dim], strides[dim]
     if isinstance(spec, str) and spec in _padding.SIZE_DEPENDENT:
       smallest, largest, default = (mm - 1) * s + 1, mm * s, mm * s
+      base = smallest
     else:
       (lo, hi), = _padding.explicit_pads(
           spec if isinstance(spec, str) else (spec[dim],), (0,), (k,), (s,))
-      smallest = (mm - 1) * s + k - lo - hi
-      largest = smallest + s - 1
-      default = smallest
+      base = (mm - 1) * s + k - lo - hi  # PyTorch's size; may be < 1 for large padding
+      largest = base + s - 1
+      smallest = default = max(base, 1)
       if rule == "tensorflow" and spec == "VALID":
         default = mm * s + max(k - s, 0)
-      if smallest < 1:
+      if largest < 1 and output_padding is None:
         raise ValueError(
             f"{where}: padding {(lo, hi)} in spatial dimension {dim} is too large: no input "
             f"size maps to an output of size {mm} with effective kernel size {k} and stride {s}.")
-    ranges.append((smallest, largest, default))
+    ranges.append((smallest, largest, default, base))
 
   if output_shape is not None:
     shape = as_int_tuple(output_shape, n, "output_shape", where)
-    for dim, (size, (lo, hi, _)) in enumerate(zip(shape, ranges, strict=True)):
+    for dim, (size, (lo, hi, _, _)) in enumerate(zip(shape, ranges, strict=True)):
       if not lo <= size <= hi:
         raise ValueError(
             f"{where}: output_shape {shape} is not possible: in spatial dimension {dim} the "
@@ -204,8 +206,12 @@ def output_sizes(
         raise ValueError(
             f"{where}: output_padding {p} in spatial dimension {dim} must be smaller than the "
             f"stride ({strides[dim]}) or the dilation ({dilation[dim]}), as in PyTorch.")
-    return tuple(lo + p for (lo, _, _), p in zip(ranges, extra, strict=True))
-  return tuple(default for _, _, default in ranges)
+    sizes = tuple(base + p for (_, _, _, base), p in zip(ranges, extra, strict=True))
+    if min(sizes) < 1:  # PyTorch's size plus output_padding, as in PyTorch
+      raise ValueError(f"{where}: output_padding {extra} gives the empty output size {sizes}; "
+                       f"the padding {spec} is too large for it.")
+    return sizes
+  return tuple(default for _, _, default, _ in ranges)
 
 
 def _regroup(kernel: jnp.ndarray, o_ax: int, i_ax: int, groups: int) -> jnp.ndarray:
@@ -216,11 +222,11 @@ def _regroup(kernel: jnp.ndarray, o_ax: int, i_ax: int, groups: int) -> jnp.ndar
   swapped letters describe it.
   """
   shape = kernel.shape
-  split = shape[:o_ax] + (groups, shape[o_ax] // groups) + shape[o_ax + 1 :]
+  split = (*shape[:o_ax], groups, shape[o_ax] // groups, *shape[o_ax + 1 :])
   k = kernel.reshape(split)
   i_split = i_ax + 1 if i_ax > o_ax else i_ax
   dest = i_split - 1 if i_split > o_ax else i_split
   k = jnp.moveaxis(k, o_ax, dest)
-  merged = k.shape[:dest] + (k.shape[dest] * k.shape[dest + 1],) + k.shape[dest + 2 :]
+  merged = (*k.shape[:dest], k.shape[dest] * k.shape[dest + 1], *k.shape[dest + 2 :])
   return k.reshape(merged)
 
