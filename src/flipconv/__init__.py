@@ -6,7 +6,7 @@ PyTorch, TensorFlow, Flax), and on how axes are laid out. flipconv makes both
 explicit and moves weights safely between conventions.
 """
 
-from flipconv.convert import convert_kernel
+from flipconv.convert import convert_depthwise_kernel, convert_kernel, convert_linear_kernel
 from flipconv.detect import Match, detect_convention
 from flipconv.registry import Convention, conventions, get_convention
 from flipconv.ops import conv, convolve, correlate, flip_kernel
@@ -22,7 +22,9 @@ __all__ = [
     "conv",
     "conv_transpose",
     "conventions",
+    "convert_depthwise_kernel",
     "convert_kernel",
+    "convert_linear_kernel",
     "convert_params",
     "convolve",
     "correlate",

@@ -5,11 +5,20 @@ A kernel ``k`` used under convention ``src`` computes the same as
 ``src``'s kernel layout to ``dst``'s, and its spatial axes are reversed where the
 two conventions' flips differ. Nothing else happens to the data, so a
 conversion and its inverse give back the original bit for bit, for any dtype.
+
+Two kernels need a reshape as well as a permutation, and have their own
+functions: depthwise kernels (:func:`convert_depthwise_kernel`: Keras stores
+``(kh, kw, C, multiplier)``, TFLite ``(1, kh, kw, C * multiplier)``, the others a
+grouped kernel with ``groups = C``), and the dense kernel after a flatten
+(:func:`convert_linear_kernel` with ``feature_shape``: NCHW and NHWC features
+flatten in different orders).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -18,20 +27,28 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from flipconv._layouts import generalize, spatial_letters
+from flipconv._validate import is_int, shape_str
 from flipconv.registry import Convention, get_convention
 
-KINDS = ("conv", "conv_transpose")
+KINDS = ("conv", "conv_transpose", "depthwise", "linear")
 
 
 @dataclasses.dataclass(frozen=True)
 class KernelPlan:
   """What converting one kernel does: ``permutation`` (``np.transpose`` axes) then ``flip``.
 
+  A plan for a depthwise or flattened dense kernel also reshapes: the source is
+  first reshaped to ``expand`` (splitting an axis, or adding one of size 1),
+  then permuted, then reshaped to ``reshape`` (merging or dropping axes), and
+  finally flipped.
+
   Attributes:
-    kind: ``"conv"`` or ``"conv_transpose"``.
+    kind: ``"conv"``, ``"conv_transpose"``, ``"depthwise"`` or ``"linear"``.
     src_layout, dst_layout: the kernel layouts, generalised to the kernel's rank.
-    permutation: axes of the source kernel in the order of the destination's.
+    permutation: axes of the (expanded) source in the order of the destination's.
     flip_axes: axes of the *destination* kernel that are reversed (empty: no flip).
+    expand: the shape the source is reshaped to before permuting (``None``: none).
+    reshape: the destination's shape, reshaped to after permuting (``None``: none).
   """
 
   kind: str
@@ -39,49 +56,85 @@ class KernelPlan:
   dst_layout: str
   permutation: tuple[int, ...]
   flip_axes: tuple[int, ...]
+  expand: tuple[int, ...] | None = None
+  reshape: tuple[int, ...] | None = None
 
   @property
   def flip(self) -> bool:
     return bool(self.flip_axes)
 
   def new_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if self.reshape is not None:
+      return self.reshape
+    shape = self.expand if self.expand is not None else shape
     return tuple(shape[a] for a in self.permutation)
 
 
-def kernel_plan(ndim: int, src: str | Convention, dst: str | Convention, *,
-                kind: str = "conv", where: str = "convert_kernel") -> KernelPlan:
-  """The permutation and flip that take a rank-``ndim`` kernel from ``src`` to ``dst``."""
-  if kind not in KINDS:
-    raise ValueError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}.")
-  if ndim < 3:
-    raise ValueError(f"{where}: a conv kernel has rank >= 3 (O, I and spatial axes), got rank "
-                     f"{ndim}.")
-  s, d = get_convention(src), get_convention(dst)
-  transposed = kind == "conv_transpose"
-  n = ndim - 2
-  s_layout = generalize(s.transpose_kernel_layout if transposed else s.kernel_layout, n)
-  d_layout = generalize(d.transpose_kernel_layout if transposed else d.kernel_layout, n)
+def _kernel_layouts(src: Convention, dst: Convention, n: int, transposed: bool) -> tuple[str, str]:
+  """The two conventions' kernel layouts for ``n`` spatial dims, with matching letters."""
+  s_layout = generalize(src.transpose_kernel_layout if transposed else src.kernel_layout, n)
+  d_layout = generalize(dst.transpose_kernel_layout if transposed else dst.kernel_layout, n)
   if sorted(s_layout) != sorted(d_layout):
     # Different spatial letters (user-made conventions): match them by order.
     s_sp, d_sp = spatial_letters(s_layout, "kernel"), spatial_letters(d_layout, "kernel")
     s_layout = s_layout.translate(str.maketrans(s_sp, d_sp))
+  return s_layout, d_layout
+
+
+def _flip_axes(src_flip: bool, dst_flip: bool, d_layout: str) -> tuple[int, ...]:
+  if src_flip == dst_flip:
+    return ()
+  return tuple(d_layout.index(c) for c in spatial_letters(d_layout, "kernel"))
+
+
+def kernel_plan(ndim: int, src: str | Convention, dst: str | Convention, *,
+                kind: str = "conv", where: str = "convert_kernel") -> KernelPlan:
+  """The permutation and flip that take a rank-``ndim`` kernel from ``src`` to ``dst``.
+
+  ``kind`` is ``"conv"``, ``"conv_transpose"`` or ``"linear"`` (a dense kernel,
+  ``ndim == 2``: ``linear_layout`` ``OI`` <-> ``IO``). Depthwise kernels need
+  the shape: see :func:`depthwise_plan`.
+  """
+  if kind not in ("conv", "conv_transpose", "linear"):
+    raise ValueError(f"{where}: kind must be one of conv, conv_transpose, linear, got {kind!r}"
+                     + (" (use depthwise_plan, which needs the shape)" if kind == "depthwise"
+                        else "") + ".")
+  s, d = get_convention(src), get_convention(dst)
+  if kind == "linear":
+    if ndim != 2:
+      raise ValueError(f"{where}: a dense kernel has rank 2, got rank {ndim}.")
+    return KernelPlan("linear", s.linear_layout, d.linear_layout,
+                      tuple(s.linear_layout.index(c) for c in d.linear_layout), ())
+  if ndim < 3:
+    raise ValueError(f"{where}: a conv kernel has rank >= 3 (O, I and spatial axes), got rank "
+                     f"{ndim}.")
+  transposed = kind == "conv_transpose"
+  s_layout, d_layout = _kernel_layouts(s, d, ndim - 2, transposed)
   permutation = tuple(s_layout.index(c) for c in d_layout)
-  s_flip = s.transpose_flip if transposed else s.flip
-  d_flip = d.transpose_flip if transposed else d.flip
-  flip_axes = (tuple(d_layout.index(c) for c in spatial_letters(d_layout, "kernel"))
-               if s_flip != d_flip else ())
+  flip_axes = _flip_axes(s.transpose_flip if transposed else s.flip,
+                         d.transpose_flip if transposed else d.flip, d_layout)
   return KernelPlan(kind, s_layout, d_layout, permutation, flip_axes)
 
 
 def apply_plan(kernel: Any, plan: KernelPlan) -> Any:
   """Permutes and flips one kernel; NumPy stays NumPy, jax.Array stays jax.Array."""
-  if isinstance(kernel, jax.Array) or isinstance(kernel, jax.core.Tracer):
-    out = jnp.transpose(kernel, plan.permutation)
+  if isinstance(kernel, (jax.Array, jax.core.Tracer)):
+    out = kernel.reshape(plan.expand) if plan.expand is not None else kernel
+    out = jnp.transpose(out, plan.permutation)
+    out = out.reshape(plan.reshape) if plan.reshape is not None else out
     return jax.lax.rev(out, plan.flip_axes) if plan.flip_axes else out
-  out = np.transpose(np.asarray(kernel), plan.permutation)
+  out = np.asarray(kernel)
+  out = out.reshape(plan.expand) if plan.expand is not None else out
+  out = np.transpose(out, plan.permutation)
+  out = out.reshape(plan.reshape) if plan.reshape is not None else out
   if plan.flip_axes:
     out = np.flip(out, plan.flip_axes)
   return np.ascontiguousarray(out)
+
+
+def _check_transposed(transposed: Any, where: str) -> None:
+  if not isinstance(transposed, (bool, np.bool_)):
+    raise TypeError(f"{where}: transposed must be True or False, got {transposed!r}.")
 
 
 def convert_kernel(
@@ -100,7 +153,11 @@ def convert_kernel(
 
   with ``x'`` the same input in ``dst``'s layout (and likewise for
   :func:`flipconv.conv_transpose` with ``transposed=True``, which uses the
-  conventions' ``transpose_kernel_layout`` and ``transpose_flip``).
+  conventions' ``transpose_kernel_layout`` and ``transpose_flip``). Grouped
+  kernels convert the same way. For depthwise kernels stored in a framework's
+  own depthwise form (Keras ``DepthwiseConv2D``, TFLite ``DEPTHWISE_CONV_2D``)
+  use :func:`convert_depthwise_kernel`; for dense kernels,
+  :func:`convert_linear_kernel`.
 
   Args:
     kernel: a conv kernel in ``src``'s kernel layout (any spatial rank: the
@@ -123,9 +180,239 @@ def convert_kernel(
            [1, 0]])
   """
   where = "convert_kernel"
-  if not isinstance(transposed, (bool, np.bool_)):
-    raise TypeError(f"{where}: transposed must be True or False, got {transposed!r}.")
-  ndim = np.ndim(kernel)
-  plan = kernel_plan(ndim, src, dst, kind="conv_transpose" if transposed else "conv",
-                     where=where)
+  _check_transposed(transposed, where)
+  plan = kernel_plan(np.ndim(kernel), src, dst,
+                     kind="conv_transpose" if transposed else "conv", where=where)
+  return apply_plan(kernel, plan)
+
+
+# ---------------------------------------------------------------------------
+# Depthwise kernels
+
+
+def depthwise_layout(convention: Convention, n: int) -> str:
+  """A convention's depthwise kernel layout for ``n`` spatial dims.
+
+  Either a grouped-kernel layout (letters ``O``, ``I`` and spatial; ``I`` has
+  size 1 and ``O = C * multiplier``, channel ``c * multiplier + m``), or a
+  layout with ``C`` (input channel) and ``M`` (multiplier) in place of ``O`` and
+  ``I`` (Keras: ``"HWCM"``).
+  """
+  layout = convention.depthwise_kernel_layout or convention.kernel_layout
+  # C and M stand where O and I would: generalise them as kernel letters.
+  as_oi = layout.translate(str.maketrans("CM", "OI"))
+  out = generalize(as_oi, n)
+  return out.translate(str.maketrans("OI", "CM")) if "C" in layout else out
+
+
+def _expanded(layout: str) -> str:
+  """The layout with O split into C M in place, and I (size 1) appended if absent."""
+  return layout.replace("O", "CM") if "O" in layout else layout + "I"
+
+
+def depthwise_plan(shape: Sequence[int], src: str | Convention, dst: str | Convention, *,
+                   groups: int | None = None, where: str = "convert_depthwise_kernel"
+                   ) -> KernelPlan:
+  """The reshape, permutation and flip that take a depthwise kernel from ``src`` to ``dst``.
+
+  Args:
+    shape: the kernel's shape, in ``src``'s depthwise layout.
+    src, dst: conventions (names or :class:`Convention`).
+    groups: the input channels ``C`` (= ``groups`` of the grouped conv); needed
+      only to split a grouped kernel's ``O = C * multiplier`` axis into
+      ``(C, multiplier)``.
+    where: the public function's name, for error messages.
+
+  Returns:
+    A :class:`KernelPlan` of kind ``"depthwise"``.
+  """
+  shape = tuple(int(s) for s in shape)
+  if len(shape) < 3:
+    raise ValueError(f"{where}: a depthwise kernel has rank >= 3 (channel axes and at least "
+                     f"one spatial axis), got shape {shape_str(shape)}.")
+  s, d = get_convention(src), get_convention(dst)
+  n = len(shape) - 2
+  s_layout, d_layout = depthwise_layout(s, n), depthwise_layout(d, n)
+  s_sp, d_sp = spatial_letters(s_layout, "kernel"), spatial_letters(d_layout, "kernel")
+  s_sp, d_sp = s_sp.replace("C", "").replace("M", ""), d_sp.replace("C", "").replace("M", "")
+  if sorted(s_sp) != sorted(d_sp):  # different spatial letters: match them by order
+    s_layout = s_layout.translate(str.maketrans(s_sp, d_sp))
+  if groups is not None and (not is_int(groups) or groups < 1):
+    raise ValueError(f"{where}: groups must be a positive int (the input channels C), got "
+                     f"{groups!r}.")
+  sizes = dict(zip(s_layout, shape, strict=True))
+  if "O" in s_layout:
+    if sizes["I"] != 1:
+      raise ValueError(
+          f"{where}: a depthwise kernel in {s.name!r}'s grouped layout {s_layout!r} has "
+          f"I = 1, got shape {shape_str(shape)} (I = {sizes['I']}); is it a regular conv "
+          "kernel? Then use convert_kernel.")
+    o = sizes["O"]
+    if groups is None:
+      if "C" in d_layout:
+        raise ValueError(
+            f"{where}: converting {s.name!r}'s grouped kernel of shape {shape_str(shape)} to "
+            f"{d.name!r}'s layout {d_layout!r} splits O = {o} into (C, multiplier); pass "
+            "groups=C, the number of input channels.")
+      groups = o  # any split works: C and M stay together in the same order
+    if o % groups:
+      raise ValueError(f"{where}: groups={groups} does not divide O = {o} of the kernel of "
+                       f"shape {shape_str(shape)} ({s.name!r} layout {s_layout!r}).")
+    sizes.update(C=int(groups), M=o // int(groups))
+  else:
+    if groups is not None and groups != sizes["C"]:
+      raise ValueError(f"{where}: groups={groups} but the kernel of shape {shape_str(shape)} "
+                       f"({s.name!r} layout {s_layout!r}) has C = {sizes['C']}.")
+    sizes["I"] = 1
+  s_exp, d_exp = _expanded(s_layout), _expanded(d_layout)
+  expand = tuple(sizes[c] for c in s_exp)
+  permutation = tuple(s_exp.index(c) for c in d_exp)
+  new = tuple(sizes["C"] * sizes["M"] if c == "O" else sizes[c] for c in d_layout)
+  flip_axes = tuple(d_layout.index(c) for c in d_sp) if s.flip != d.flip else ()
+  return KernelPlan("depthwise", s_layout, d_layout, permutation, flip_axes,
+                    expand=expand if expand != shape else None,
+                    reshape=new if new != tuple(expand[a] for a in permutation) else None)
+
+
+def convert_depthwise_kernel(
+    kernel: ArrayLike,
+    src: str | Convention,
+    dst: str | Convention,
+    *,
+    groups: int | None = None,
+) -> Any:
+  """Converts a depthwise kernel between the frameworks' depthwise forms.
+
+  A depthwise conv with ``C`` input channels and channel multiplier ``M`` is a
+  grouped conv with ``groups = C``, ``I = 1`` and ``O = C * M``: output channel
+  ``c * M + m`` reads input channel ``c``. Frameworks store its kernel as
+
+  ========================  ===============================  =========================
+  convention                depthwise kernel                 layout
+  ========================  ===============================  =========================
+  tensorflow / keras        ``(kh, kw, C, M)``               ``HWCM``
+  tflite                    ``(1, kh, kw, C * M)``           ``IHWO`` (grouped)
+  flax / haiku              ``(kh, kw, 1, C * M)``           ``HWIO`` (grouped)
+  pytorch, onnx, ...        ``(C * M, 1, kh, kw)``           ``OIHW`` (grouped)
+  ========================  ===============================  =========================
+
+  (a convention's ``depthwise_kernel_layout``, else its ``kernel_layout``).
+  The result, used with ``dst`` and ``groups=C``, computes what ``kernel``
+  computed with ``src``; the spatial axes are reversed where the flips differ.
+  The round trip is bit-exact.
+
+  Args:
+    kernel: the depthwise kernel in ``src``'s depthwise form (any spatial rank).
+    src: the convention it comes from (name or Convention).
+    dst: the convention it goes to.
+    groups: ``C``, the input channels (PyTorch ``groups``, Flax
+      ``feature_group_count``). Needed only to go from a grouped form to the
+      ``(kh, kw, C, M)`` form, where ``C * M`` must be split; checked otherwise.
+
+  Returns:
+    The converted kernel: NumPy for NumPy input, ``jax.Array`` for ``jax.Array``.
+
+  Examples:
+    >>> import numpy as np, flipconv as fc
+    >>> k = np.arange(3 * 3 * 4 * 2).reshape(3, 3, 4, 2)   # Keras DepthwiseConv2D
+    >>> fc.convert_depthwise_kernel(k, "keras", "pytorch").shape   # groups=4
+    (8, 1, 3, 3)
+    >>> w = fc.convert_depthwise_kernel(k, "keras", "flax")        # (3, 3, 1, 8)
+    >>> bool((fc.convert_depthwise_kernel(w, "flax", "keras", groups=4) == k).all())
+    True
+  """
+  plan = depthwise_plan(np.shape(kernel), src, dst, groups=groups)
+  return apply_plan(kernel, plan)
+
+
+# ---------------------------------------------------------------------------
+# Dense kernels
+
+
+def linear_plan(shape: Sequence[int], src: str | Convention, dst: str | Convention, *,
+                feature_shape: Sequence[int] | None = None,
+                where: str = "convert_linear_kernel") -> KernelPlan:
+  """The reshape and permutation that take a dense kernel from ``src`` to ``dst``.
+
+  See :func:`convert_linear_kernel`.
+  """
+  shape = tuple(int(s) for s in shape)
+  if len(shape) != 2:
+    raise ValueError(f"{where}: a dense kernel has rank 2, got shape {shape_str(shape)}.")
+  s, d = get_convention(src), get_convention(dst)
+  plan = kernel_plan(2, s, d, kind="linear", where=where)
+  if feature_shape is None:
+    return plan
+  if (not isinstance(feature_shape, Sequence) or isinstance(feature_shape, str)
+      or not all(is_int(f) and f >= 1 for f in feature_shape)):
+    raise TypeError(f"{where}: feature_shape must be a sequence of positive ints (one example's "
+                    f"feature map before the flatten, in {s.name!r}'s layout), got "
+                    f"{feature_shape!r}.")
+  feature_shape = tuple(int(f) for f in feature_shape)
+  n = len(feature_shape) - 1
+  if n < 0:
+    raise ValueError(f"{where}: feature_shape must have the channel axis, got ().")
+  # One example's feature map: the data layout without the batch axis.
+  s_data = generalize(s.layout, n).replace("N", "") if n else "C"
+  d_data = generalize(d.layout, n).replace("N", "") if n else "C"
+  s_sp, d_sp = spatial_letters(s_data, "data"), spatial_letters(d_data, "data")
+  if sorted(s_sp) != sorted(d_sp):  # different spatial letters: match them by order
+    s_data = s_data.translate(str.maketrans(s_sp, d_sp))
+  i_size = shape[s.linear_layout.index("I")]
+  if math.prod(feature_shape) != i_size:
+    raise ValueError(
+        f"{where}: feature_shape {shape_str(feature_shape)} has {math.prod(feature_shape)} "
+        f"elements but the dense kernel of shape {shape_str(shape)} ({s.name!r} layout "
+        f"{s.linear_layout!r}) has I = {i_size} inputs.")
+  sizes = dict(zip(s_data, feature_shape, strict=True))
+  sizes["O"] = shape[s.linear_layout.index("O")]
+  s_exp = s.linear_layout.replace("I", s_data)
+  d_exp = d.linear_layout.replace("I", d_data)
+  return KernelPlan(
+      "linear", s.linear_layout, d.linear_layout, tuple(s_exp.index(c) for c in d_exp), (),
+      expand=tuple(sizes[c] for c in s_exp), reshape=plan.new_shape(shape))
+
+
+def convert_linear_kernel(
+    kernel: ArrayLike,
+    src: str | Convention,
+    dst: str | Convention,
+    *,
+    feature_shape: Sequence[int] | None = None,
+) -> Any:
+  """Converts a dense kernel: ``OI`` <-> ``IO``, and the rows of a flattened feature map.
+
+  Dense kernels are ``(out, in)`` (``linear_layout="OI"``: PyTorch, ONNX Gemm
+  with ``transB=1``, TFLite, Caffe, Equinox) or ``(in, out)`` (``"IO"``: Flax,
+  Keras, Haiku, Lasagne). A dense layer right after a flatten has a second
+  trap: ``torch.flatten`` of an NCHW feature map orders its inputs
+  ``(c, h, w)``, a flatten of NHWC ``(h, w, c)``. With ``feature_shape`` (one
+  example's feature map before the flatten, in ``src``'s layout: ``(C, H, W)``
+  for PyTorch, ``(H, W, C)`` for Flax) the kernel's inputs are permuted from
+  ``src``'s flatten order to ``dst``'s as well, so that::
+
+    dense(flatten(x), kernel)  ==  dense(flatten(x'), convert_linear_kernel(kernel, ...))
+
+  with ``x'`` the same features in ``dst``'s layout. The round trip is bit-exact.
+
+  Args:
+    kernel: a rank-2 dense kernel in ``src``'s ``linear_layout``.
+    src: the convention it comes from (name or Convention).
+    dst: the convention it goes to.
+    feature_shape: the feature map's shape before the flatten (without the
+      batch axis), in ``src``'s data layout; ``None``: the inputs are not a
+      flattened feature map (only ``OI`` <-> ``IO``).
+
+  Returns:
+    The converted kernel: NumPy for NumPy input, ``jax.Array`` for ``jax.Array``.
+
+  Examples:
+    >>> import numpy as np, flipconv as fc
+    >>> w = np.arange(2 * 12).reshape(2, 12)        # nn.Linear(12, 2) after flatten of (3, 2, 2)
+    >>> fc.convert_linear_kernel(w, "pytorch", "flax").shape
+    (12, 2)
+    >>> fc.convert_linear_kernel(w, "pytorch", "flax", feature_shape=(3, 2, 2))[:4, 0]
+    array([0, 4, 8, 1])
+  """
+  plan = linear_plan(np.shape(kernel), src, dst, feature_shape=feature_shape)
   return apply_plan(kernel, plan)
