@@ -6,6 +6,7 @@ fixtures); the test checks the convention named and that the returned
 ``kwargs`` make ``fc.conv`` / ``fc.conv_transpose`` give the framework's output.
 """
 
+import ast
 import glob
 import os
 import shutil
@@ -413,15 +414,27 @@ def test_theano_fixtures_are_detected_as_theano(path):
       w in name for w in ("grad_wrt_inputs", "transpose", "deconv"))
   strides = _first(data, ("strides", "subsample"))
   fixed = {} if strides is None else {"strides": tuple(int(s) for s in np.ravel(strides))}
+  # The search tries one dilation for all axes and pads up to k_eff - 1: give the
+  # fixture's own dilation and explicit (numeric) border_mode, which a user would know.
+  dilation = _first(data, ("dilation", "filter_dilation"))
+  if dilation is not None:
+    fixed["dilation"] = tuple(int(d) for d in np.ravel(dilation))
+  border_mode = str(data.get("border_mode", "valid"))
+  if border_mode not in ("valid", "full", "half"):
+    fixed["padding"] = ast.literal_eval(border_mode)
+  # filter_flip=False fixtures (Theano with the flip off, Lasagne's Conv2DMMLayer) are
+  # cross-correlations: a non-flipping convention must be found, not theano.
+  flip = bool(data["filter_flip"]) if "filter_flip" in data else fc.get_convention("theano").flip
 
   matches = fc.detect_convention(x, kernel, y, bias=_first(data, ("bias", "b")),
                                  transposed=transposed, **fixed)
 
   assert matches, f"{path}: nothing matched"
   best = matches[0]
-  assert "theano" in best.names or UNDETERMINED in best.note
-  assert any("theano" in m.names and m.flip == fc.get_convention("theano").flip
-             for m in matches)
+  assert best.flip == flip or UNDETERMINED in best.note
+  if flip:
+    assert "theano" in best.names or UNDETERMINED in best.note
+  assert any(m.flip == flip and (not flip or "theano" in m.names) for m in matches)
 
 
 # ---------------------------------------------------------------------------

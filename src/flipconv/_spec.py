@@ -229,9 +229,10 @@ def run(
       preferred_element_type=preferred_element_type,
   )
   if method == "auto":
-    from flipconv import _fft
+    from flipconv import _auto
 
-    method = _fft.choose_method(x.shape, kernel.shape, **kwargs)
+    method = _auto.choose_method(x.shape, kernel.shape, dtype=x.dtype,
+                                 platform=_auto.platform_of(x), **kwargs)
   if method == "fft":
     from flipconv import _fft
 
