@@ -15,6 +15,22 @@ from flipconv.transpose import conv_transpose
 
 __version__ = "0.1.0"
 
+# The Flax modules load on first use, so `import flipconv` stays light.
+_SUBMODULES = ("linen", "nnx")
+
+
+def __getattr__(name: str):
+  if name in _SUBMODULES:
+    import importlib
+
+    return importlib.import_module(f"flipconv.{name}")
+  raise AttributeError(f"module 'flipconv' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+  return sorted([*globals(), *_SUBMODULES])
+
+
 __all__ = [
     "Change",
     "Convention",
@@ -31,5 +47,7 @@ __all__ = [
     "detect_convention",
     "flip_kernel",
     "get_convention",
+    "linen",
+    "nnx",
     "plan_params",
 ]

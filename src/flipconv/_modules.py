@@ -1,0 +1,310 @@
+"""What :mod:`flipconv.linen` and :mod:`flipconv.nnx` share: one layer's rules.
+
+A layer is described once, by a :class:`Layer` (static, hashable): its spatial
+rank, its own :class:`~flipconv.Convention` (the registry entry with the
+module's ``flip``/``layout``/``kernel_layout`` overrides applied) and the Flax
+kernel it is initialised like. Both module families call :func:`resolve`,
+:func:`init_kernel` (through their own metadata boxes) and :func:`apply`, so
+the layout, init and call rules exist in one place, on top of
+:func:`flipconv.conv` and :func:`flipconv.conv_transpose`.
+
+Initialisation: ``kernel_init`` is called with *Flax's* kernel shape
+(``kernel_size + (in // groups, features)`` for a conv, ``kernel_size +
+(in, features // groups)`` for a transposed conv, as ``flax.linen.Conv`` /
+``ConvTranspose`` do), and the result is moved into the module's layout with
+the same permutation and flip :func:`flipconv.convert_kernel` uses. So an
+initialiser's fan-in/fan-out is the same whatever the layout, and a module of
+any convention computes at init exactly the function the Flax layer computes
+with the same key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax.linen import dtypes
+
+from flipconv import _padding
+from flipconv._layouts import check_letters, generalize, spatial_letters
+from flipconv._validate import as_bool, as_int_tuple, is_int, shape_str
+from flipconv.convert import KernelPlan, apply_plan, kernel_plan
+from flipconv.ops import conv
+from flipconv.registry import Convention, get_convention
+from flipconv.transpose import conv_transpose
+
+# Flax's padding names that flipconv's ops spell as a pad mode: SAME-sized
+# pads ((k_eff - 1) // 2, k_eff // 2) whatever the stride, as flax.linen.Conv does.
+_FLAX_PAD_MODES = {"CIRCULAR": "circular", "REFLECT": "reflect"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """A conv layer's static description.
+
+  Attributes:
+    where: the module's name, for error messages.
+    transposed: a transposed conv (``ConvTranspose``).
+    kernel_size: spatial kernel sizes, in the order of the spatial letters.
+    own: the layer's convention (layouts written for its spatial rank).
+    init_like: the Flax convention the kernel is initialised in (same rank).
+  """
+
+  where: str
+  transposed: bool
+  kernel_size: tuple[int, ...]
+  own: Convention
+  init_like: Convention
+
+  @property
+  def n(self) -> int:
+    return len(self.kernel_size)
+
+  @property
+  def flip(self) -> bool:
+    return self.own.transpose_flip if self.transposed else self.own.flip
+
+  @property
+  def layout(self) -> str:
+    return self.own.layout
+
+  @property
+  def kernel_layout(self) -> str:
+    return self.own.transpose_kernel_layout if self.transposed else self.own.kernel_layout
+
+  @property
+  def kind(self) -> str:
+    return "conv_transpose" if self.transposed else "conv"
+
+  def init_plan(self) -> KernelPlan:
+    """Permutation and flip from the Flax-shaped initial kernel to this layer's."""
+    return kernel_plan(self.n + 2, self.init_like, self.own, kind=self.kind, where=self.where)
+
+  def flax_kernel_shape(self, in_features: int, features: int, groups: int) -> tuple[int, ...]:
+    """The kernel shape Flax's layer has (``kernel_init`` is called with it)."""
+    k = self.kernel_size
+    if not self.transposed:
+      return (*k, in_features // groups, features)
+    # Forward-conv letters ...OI: O = the transposed layer's input channels.
+    if self.init_like.transpose_kernel_layout.endswith("OI"):
+      return (*k, in_features, features // groups)
+    return (*k, features // groups, in_features)
+
+  def kernel_shape(self, in_features: int, features: int, groups: int) -> tuple[int, ...]:
+    """The kernel shape this layer stores, in its ``kernel_layout``."""
+    return self.init_plan().new_shape(self.flax_kernel_shape(in_features, features, groups))
+
+
+def _kernel_size(kernel_size: Any, layout: Any, where: str) -> tuple[int, ...]:
+  if is_int(kernel_size):
+    # Flax's rule: an int is a 1-D kernel, unless a layout string gives the rank.
+    n = len(spatial_letters(layout, "data")) if isinstance(layout, str) else 1
+    return as_int_tuple(kernel_size, n, "kernel_size", where)
+  if isinstance(kernel_size, Sequence) and not isinstance(kernel_size, str) and kernel_size:
+    return as_int_tuple(kernel_size, len(kernel_size), "kernel_size", where)
+  raise TypeError(f"{where}: kernel_size must be an int or a non-empty sequence of ints, got "
+                  f"{kernel_size!r}.")
+
+
+def resolve(
+    *,
+    where: str,
+    transposed: bool,
+    kernel_size: Any,
+    convention: Any,
+    flip: Any,
+    layout: Any,
+    kernel_layout: Any,
+    transpose_kernel: Any = False,
+) -> Layer:
+  """The :class:`Layer` of a module's fields (checked, before any array is seen)."""
+  base = get_convention(convention)
+  size = _kernel_size(kernel_size, layout, where)
+  n = len(size)
+  if layout is None:
+    layout = generalize(base.layout, n)
+  layout = check_letters(layout, "layout", where, "NC")
+  if len(spatial_letters(layout, "data")) != n:
+    raise ValueError(f"{where}: layout {layout!r} has {len(spatial_letters(layout, 'data'))} "
+                     f"spatial axes but kernel_size {size} has {n}.")
+  flax = get_convention("flax")
+  init_like = dataclasses.replace(
+      flax, name="flax", layout=generalize(flax.layout, n),
+      kernel_layout=generalize(flax.kernel_layout, n),
+      transpose_kernel_layout=generalize(flax.transpose_kernel_layout, n))
+  if as_bool(transpose_kernel, "transpose_kernel", where):
+    if not transposed:
+      raise TypeError(f"{where}: transpose_kernel applies to ConvTranspose only.")
+    # flax.linen.ConvTranspose(transpose_kernel=True): the forward conv's HWIO kernel.
+    init_like = dataclasses.replace(init_like, transpose_kernel_layout=init_like.kernel_layout,
+                                    transpose_flip=False)
+    if base.name == "flax":
+      base = init_like
+  if kernel_layout is None:
+    kernel_layout = generalize(
+        base.transpose_kernel_layout if transposed else base.kernel_layout, n)
+  kernel_layout = check_letters(kernel_layout, "kernel_layout", where, "OI")
+  if len(kernel_layout) != n + 2:
+    raise ValueError(f"{where}: kernel_layout {kernel_layout!r} has {len(kernel_layout) - 2} "
+                     f"spatial axes but kernel_size {size} has {n}.")
+  if flip is None:
+    flip = base.transpose_flip if transposed else base.flip
+  flip = as_bool(flip, "flip", where)
+  if transposed:
+    own = dataclasses.replace(base, layout=layout, transpose_kernel_layout=kernel_layout,
+                              transpose_flip=flip,
+                              kernel_layout=generalize(base.kernel_layout, n))
+  else:
+    own = dataclasses.replace(base, layout=layout, kernel_layout=kernel_layout, flip=flip,
+                              transpose_kernel_layout=generalize(base.transpose_kernel_layout, n))
+  return Layer(where, transposed, size, own, init_like)
+
+
+def check_features(layer: Layer, in_features: int, features: int, groups: Any) -> int:
+  """Checks the channel counts against ``feature_group_count``; returns it as an int."""
+  where = layer.where
+  if not is_int(groups) or groups < 1:
+    raise (TypeError if not is_int(groups) else ValueError)(
+        f"{where}: feature_group_count must be a positive int, got {groups!r}.")
+  if not is_int(features) or features < 1:
+    raise (TypeError if not is_int(features) else ValueError)(
+        f"{where}: the number of output features must be a positive int, got {features!r}.")
+  for name, value in (("input features", in_features), ("output features", features)):
+    if value % groups:
+      raise ValueError(f"{where}: {name} ({value}) must be divisible by feature_group_count "
+                       f"({groups}).")
+  return int(groups)
+
+
+def init_kernel(layer: Layer, kernel_init: Callable[..., Any], key: jax.Array,
+                in_features: int, features: int, groups: int, dtype: Any,
+                relayout_boxed: Callable[[Any, Callable[[Any], Any]], Any]) -> Any:
+  """``kernel_init`` at Flax's shape, moved into the layer's layout.
+
+  ``relayout_boxed(value, f)`` applies ``f`` to the array inside whatever
+  metadata box the initialiser returned (``nn.with_partitioning``,
+  ``nnx.with_partitioning``), keeping the box: the axis names a user gives
+  there are those of the module's own ``kernel_layout``.
+  """
+  plan = layer.init_plan()
+  shape = layer.flax_kernel_shape(in_features, features, groups)
+  value = kernel_init(key, shape, dtype)
+  return relayout_boxed(value, lambda v: apply_plan(v, plan))
+
+
+def flax_padding(padding: Any, pad_mode: Any, kernel_size: Sequence[int],
+                 dilation: Sequence[int], where: str) -> tuple[Any, Any]:
+  """Flax's ``"CIRCULAR"``/``"REFLECT"`` paddings as flipconv padding plus pad mode."""
+  if not isinstance(padding, str) or padding.upper() not in _FLAX_PAD_MODES:
+    return padding, pad_mode
+  mode = _FLAX_PAD_MODES[padding.upper()]
+  if _padding.normalize_pad_mode(pad_mode, where) not in ("zeros", mode):
+    raise ValueError(f"{where}: padding={padding!r} already implies pad_mode={mode!r}; got "
+                     f"pad_mode={pad_mode!r} as well.")
+  k_eff = _padding.effective_sizes(kernel_size, dilation)
+  return tuple(((k - 1) // 2, k // 2) for k in k_eff), mode
+
+
+def batch_dims(layer: Layer, x: jax.Array) -> tuple[jax.Array, tuple[int, ...] | None]:
+  """Flax's allowance: any number of leading batch axes (0 included), flattened to one.
+
+  Only for layouts that start with ``N`` (or have none and so are unbatched);
+  returns the input with exactly one batch axis in front and the batch shape
+  to restore (``None``: nothing was changed).
+  """
+  layout = layer.layout
+  core = layout[1:] if layout.startswith("N") else layout
+  if "N" in core:
+    return x, None  # N elsewhere: the input must match the layout as it is
+  lead = x.ndim - len(core)
+  if lead < 0:
+    raise ValueError(f"{layer.where}: input has rank {x.ndim} (shape {shape_str(x.shape)}) but "
+                     f"layout {layout!r} needs at least {len(core)} axes ({core}).")
+  if lead == (1 if layout.startswith("N") else 0):
+    return x, None
+  return x.reshape((-1, *x.shape[lead:])), x.shape[:lead]
+
+
+def batched_layout(layer: Layer) -> str:
+  return layer.layout if "N" in layer.layout else "N" + layer.layout
+
+
+def check_kernel(layer: Layer, kernel: Any, expected: tuple[int, ...]) -> None:
+  if tuple(kernel.shape) != tuple(expected):
+    raise ValueError(
+        f"{layer.where}: kernel has shape {shape_str(kernel.shape)} but this layer "
+        f"(kernel_layout {layer.kernel_layout!r}, convention {layer.own.name!r}) needs "
+        f"{shape_str(expected)}; convert a kernel of another convention with "
+        "flipconv.convert_kernel or flipconv.convert_params.")
+
+
+def apply(
+    layer: Layer,
+    x: Any,
+    kernel: Any,
+    bias: Any,
+    *,
+    strides: Any,
+    padding: Any,
+    pad_mode: Any,
+    kernel_dilation: Any,
+    input_dilation: Any,
+    groups: int,
+    output_padding: Any,
+    mask: Any,
+    dtype: Any,
+    precision: Any,
+    preferred_element_type: Any,
+    method: str,
+) -> jax.Array:
+  """The layer's output: the conv (or transposed conv) of its convention, plus bias."""
+  where = layer.where
+  x = jnp.asarray(x)
+  x, batch_shape = batch_dims(layer, x)
+  if mask is not None:
+    if tuple(mask.shape) != tuple(kernel.shape):
+      raise ValueError(f"{where}: mask has shape {shape_str(mask.shape)} but the kernel has "
+                       f"{shape_str(kernel.shape)} (masks are in the module's kernel_layout).")
+    kernel = kernel * mask
+  x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
+  layout = batched_layout(layer) if batch_shape is not None else layer.layout
+  n = layer.n
+  dilation = as_int_tuple(kernel_dilation, n, "kernel_dilation", where)
+  common = dict(convention=layer.own, flip=layer.flip, layout=layout,
+                kernel_layout=layer.kernel_layout, strides=strides, dilation=dilation,
+                groups=groups, method=method, precision=precision,
+                preferred_element_type=preferred_element_type)
+  if layer.transposed:
+    if isinstance(padding, str) and padding.upper() in _FLAX_PAD_MODES:
+      raise ValueError(f"{where}: padding={padding!r} is not supported for a transposed conv; "
+                       "use 'SAME', 'VALID', the other flipconv paddings, or pad the output "
+                       "yourself.")
+    out_pad = as_int_tuple(output_padding, n, "output_padding", where, minimum=0)
+    y = conv_transpose(x, kernel, padding=padding,
+                       output_padding=out_pad if any(out_pad) else None, **common)
+  else:
+    padding, pad_mode = flax_padding(padding, pad_mode, layer.kernel_size, dilation, where)
+    y = conv(x, kernel, padding=padding, pad_mode=pad_mode, input_dilation=input_dilation,
+             **common)
+  if bias is not None:
+    c = layout.index("C")
+    y = y + bias.reshape(tuple(-1 if a == c else 1 for a in range(y.ndim)))
+  if batch_shape is not None:
+    y = y.reshape((*batch_shape, *y.shape[1:]))
+  return y
+
+
+def in_features_of(layer: Layer, x: Any) -> int:
+  """The input's channel count (any number of leading batch axes)."""
+  layout = layer.layout
+  c_from_end = len(layout) - layout.index("C")
+  shape = jnp.shape(x)
+  if len(shape) < c_from_end:
+    raise ValueError(f"{layer.where}: input has rank {len(shape)} (shape {shape_str(shape)}) but "
+                     f"layout {layout!r} needs at least {len(layout) - ('N' in layout)} axes.")
+  if "N" in layout and not layout.startswith("N"):
+    return int(shape[layout.index("C")])
+  return int(shape[-c_from_end])
