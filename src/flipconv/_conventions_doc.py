@@ -106,6 +106,8 @@ def render_conventions_md() -> str:
     for check in VERIFICATION.get(c.name, ()):
       fields = ", ".join(f"`{f}`" for f in check.fields)
       evidence = f"`{check.test}` ({check.version})" if check.test else _link(check.source)
+      if check.test and check.source:
+        evidence += "; following " + _link(check.source)
       lines.append(f"| {fields} | {check.layers} | {check.status} | {evidence} |")
       if check.note:
         notes.append(check.note)

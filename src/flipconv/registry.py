@@ -224,12 +224,18 @@ _LASAGNE_SRC = "https://github.com/Lasagne/Lasagne/blob/5d3c63cb315c50b1cbd27a6b
 _FLAX_V, _HAIKU_V, _KERAS_V = "flax 0.12.8", "dm-haiku 0.0.17", "keras 3.15.1 (jax backend)"
 _TFLITE_V, _TORCH_V = "ai-edge-litert 2.3.0 (TFLite interpreter)", "torch 2.13.0"
 _ORT_V, _EQX_V = "onnxruntime 1.32.0 (onnx 1.23.2)", "equinox 0.13.8"
+# Theano's ops run through PyTensor (its successor, same abstract_conv ops); the
+# Lasagne fixtures call them exactly as Lasagne's source (cited) does.
+_PYTENSOR_V = "pytensor 2.18.6 (Theano's abstract_conv ops), fixtures in tests/fixtures/theano"
+_THEANO_TESTS = "tests/test_against_theano.py::"
 _LASAGNE_T = Check(
     _T, "TransposedConv2DLayer: W (num_input_channels, num_filters, fh, fw), flip_filters=False "
-    "by default, passed to Theano as filter_flip=not flip_filters",
+    "by default, passed to Theano as filter_flip=not flip_filters", _PYTENSOR_V,
+    _THEANO_TESTS + "test_conv_transpose_equals_lasagne_transposed_conv2d_layer",
     source=_LASAGNE_SRC + "lasagne/layers/conv.py#L946-L975")
 _LASAGNE_SIZE = Check(
     _SIZE, "TransposedConv2DLayer output size: conv_input_length, the smallest size",
+    _PYTENSOR_V, _THEANO_TESTS + "test_conv_transpose_equals_lasagne_transposed_conv2d_layer",
     source=_LASAGNE_SRC + "lasagne/layers/conv.py#L951-L966")
 _LASAGNE_LIN = Check(_LIN, "DenseLayer: W (num_inputs, num_units)",
                      source=_LASAGNE_SRC + "lasagne/layers/dense.py#L103")
@@ -338,10 +344,14 @@ VERIFICATION: Mapping[str, tuple[Check, ...]] = types.MappingProxyType({
     ),
     "theano": (
         Check(_FWD, "theano.tensor.nnet.conv2d(..., filter_flip=True): filters (output "
-              "channels, input channels, rows, columns)",
+              "channels, input channels, rows, columns); conv3d likewise; border_mode valid/"
+              "full/half/ints/pairs, subsample, filter_dilation, num_groups", _PYTENSOR_V,
+              _THEANO_TESTS + "test_conv_equals_theano_conv",
               source=_THEANO_SRC + "#L620-L630"),
-        Check(_T, "conv2d_grad_wrt_inputs(..., filter_flip=True): the adjoint of conv2d with "
-              "the same filters", source=_THEANO_SRC + "#L1004-L1013"),
+        Check(_T, "conv2d_grad_wrt_inputs / conv3d_grad_wrt_inputs(..., filter_flip=True): the "
+              "adjoint of conv2d with the same filters", _PYTENSOR_V,
+              _THEANO_TESTS + "test_conv_transpose_equals_theano_grad_wrt_inputs",
+              source=_THEANO_SRC + "#L1004-L1013"),
         Check(_SIZE, "conv2d_grad_wrt_inputs takes input_shape; the smallest size is what "
               "Lasagne (and an un-padded gradient) uses",
               source=_LASAGNE_SRC + "lasagne/layers/conv.py#L951-L966"),
@@ -350,14 +360,16 @@ VERIFICATION: Mapping[str, tuple[Check, ...]] = types.MappingProxyType({
     ),
     "lasagne": (
         Check(_FWD, "Conv2DLayer(flip_filters=True): W (num_filters, num_input_channels, fh, "
-              "fw) passed to Theano's conv2d as filter_flip=flip_filters",
+              "fw) passed to Theano's conv2d as filter_flip=flip_filters", _PYTENSOR_V,
+              _THEANO_TESTS + "test_conv_equals_lasagne_conv2d_layer",
               source=_LASAGNE_SRC + "lasagne/layers/conv.py#L331-L340 and "
                      + _LASAGNE_SRC + "lasagne/layers/conv.py#L632-L649"),
         _LASAGNE_T, _LASAGNE_SIZE, _LASAGNE_LIN,
     ),
     "lasagne-mm": (
         Check(_FWD, "Conv2DMMLayer / Conv2DDNNLayer / Conv2DCCLayer: flip_filters=False by "
-              "default, same W shape",
+              "default, same W shape", _PYTENSOR_V,
+              _THEANO_TESTS + "test_conv_equals_lasagne_conv2d_layer",
               source=_LASAGNE_SRC + "lasagne/layers/corrmm.py#L49-L54",
               note="DilatedConv2DLayer stores W as (num_input_channels, num_filters, fh, fw), "
                    "i.e. IOHW with flip_filters=False: pass kernel_layout='IOHW'."),
