@@ -8,9 +8,10 @@ explicit and moves weights safely between conventions.
 
 from flipconv.convert import convert_depthwise_kernel, convert_kernel, convert_linear_kernel
 from flipconv.detect import Match, detect_convention
-from flipconv.registry import Convention, conventions, get_convention
+from flipconv.nesting import nest_params
 from flipconv.ops import conv, convolve, correlate, flip_kernel
 from flipconv.params import Change, convert_params, plan_params
+from flipconv.registry import Convention, conventions, get_convention
 from flipconv.transpose import conv_transpose
 
 __version__ = "0.1.0"
@@ -48,6 +49,7 @@ __all__ = [
     "flip_kernel",
     "get_convention",
     "linen",
+    "nest_params",
     "nnx",
     "plan_params",
 ]

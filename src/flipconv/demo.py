@@ -135,6 +135,12 @@ def checkpoint_section(out: Callable[[str], None] = print) -> bool:
     err = float(np.abs(got - want).max())
     checks.append((f"{layer}: flax.linen.Conv on the converted file == {reference} on the "
                    f"original (max |diff| = {err:.1e})", err < 1e-4))
+    # The other way: no conversion at all, a layer that holds PyTorch's kernel as it is.
+    ours = fc.linen.Conv(w.shape[0], (3, 3), padding=1, convention="pytorch")
+    got = np.asarray(ours.apply({"params": fc.nest_params(raw)[layer]}, x)).transpose(0, 2, 3, 1)
+    err = float(np.abs(got - want).max())
+    checks.append((f"{layer}: fc.linen.Conv(convention='pytorch') on the unconverted file == "
+                   f"{reference} (max |diff| = {err:.1e})", err < 1e-4))
     try:
       wrong = np.asarray(module.apply(
           {"params": {"kernel": raw[f"{layer}.weight"], "bias": raw[f"{layer}.bias"]}}, flax_in))
@@ -152,7 +158,7 @@ def checkpoint_section(out: Callable[[str], None] = print) -> bool:
 
 
 def detect_section(out: Callable[[str], None] = print) -> bool:
-  """A Lasagne layer's output (true convolution, pad='same'), named by detect_convention."""
+  """A Lasagne layer's output (true convolution, pad=k // 2), named by detect_convention."""
   import scipy.signal
 
   import flipconv as fc
@@ -163,12 +169,13 @@ def detect_section(out: Callable[[str], None] = print) -> bool:
   rng = np.random.default_rng(2)
   x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)  # NCHW
   w = rng.standard_normal((4, 3, 4, 4)).astype(np.float32)  # OIHW, an even size
-  # Lasagne Conv2DLayer(pad='same') flips its filters (a true convolution) and
-  # pads k // 2 on both sides: scipy's 'full' (k - 1) cut by one on each side.
+  # Lasagne Conv2DLayer(pad=2) flips its filters (a true convolution) and pads
+  # k // 2 on both sides (Theano's 'half'; Lasagne's pad='same' is refused for even
+  # kernels): scipy's 'full' (k - 1) cut by one on each side.
   full = np.stack([[sum(scipy.signal.convolve(x[n, i], w[o, i]) for i in range(3))
                     for o in range(4)] for n in range(2)]).astype(np.float32)
   y = full[:, :, 1:-1, 1:-1]
-  out(f"   y: a Lasagne Conv2DLayer(pad='same') output, made with scipy.signal.convolve per "
+  out(f"   y: a Lasagne Conv2DLayer(pad=2) output, made with scipy.signal.convolve per "
       f"channel;\n   x {x.shape}, W {w.shape} -> y {y.shape}. fc.detect_convention(x, W, y):")
   matches = fc.detect_convention(x, w, y)
   for line in format_matches(matches):
@@ -179,7 +186,8 @@ def detect_section(out: Callable[[str], None] = print) -> bool:
       ("the first match is lasagne (flip=True, NCHW, OIHW)",
        ok and "lasagne" in best.names and best.flip
        and (best.layout, best.kernel_layout) == ("NCHW", "OIHW")),
-      ("with padding='HALF' (Lasagne's 'same': an even kernel gives one more row and column)",
+      ("with padding='HALF' (Theano's 'half', k // 2 on both sides: an even kernel gives one "
+       "more row and column)",
        ok and best.kwargs.get("padding") == "HALF"),
       ("no cross-correlation convention (pytorch, flax, ...) reproduces y",
        all(m.flip for m in matches)),
@@ -201,4 +209,7 @@ def run(out: Callable[[str], None] = print) -> int:
     out("")
   ok = all(results)
   out("All checks held." if ok else "Some checks FAILED.")
+  out("More, in a clone of the repository: examples/true_convolution.py (a picture of convolve "
+      "vs correlate),\nexamples/port_pytorch_cnn.py, examples/lasagne_weights.py, "
+      "examples/sharded_training.py.")
   return 0 if ok else 1
