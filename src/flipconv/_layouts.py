@@ -208,6 +208,13 @@ def parse_layouts(
       specs = layout
       if not all(isinstance(s, tuple) for s in specs):
         raise TypeError(f"{where}: layout {layout!r} must hold tuples of axis indices.")
+      rank = len(specs.lhs_spec)
+      for field, spec in zip(specs._fields, specs, strict=True):
+        if rank < 3 or sorted(spec) != list(range(rank)):
+          raise ValueError(f"{where}: layout {layout!r} is not valid dimension numbers: "
+                           f"{field} {spec!r} must name each axis 0..{rank - 1} once (one "
+                           "batch/feature axis pair and at least one spatial axis, the same "
+                           "rank in lhs_spec, rhs_spec and out_spec).")
       lhs, rhs, out, order = _from_dimension_numbers(specs)
     else:
       lhs, rhs, out = layout

@@ -153,6 +153,9 @@ def resolve(
   if flip is None:
     flip = base.transpose_flip if transposed else base.flip
   flip = as_bool(flip, "flip", where)
+  # The registry's depthwise layout is written for 2-D and a module never uses it; kept, it
+  # would fail Convention's check against a 1-D/3-D (or user-given) kernel_layout.
+  base = dataclasses.replace(base, depthwise_kernel_layout="")
   if transposed:
     own = dataclasses.replace(base, layout=layout, transpose_kernel_layout=kernel_layout,
                               transpose_flip=flip,

@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from flipconv import _padding
@@ -76,13 +77,20 @@ def resolve_convention(
 
 def as_array(value: Any, name: str, where: str) -> jnp.ndarray:
   """``jnp.asarray`` with a clear error for what cannot be a conv operand."""
+
+  def check_dtype(dtype):
+    if dtype == jnp.bool_ or not jnp.issubdtype(dtype, jnp.number):
+      raise TypeError(f"{where}: {name} has dtype {dtype}; a conv needs a numeric dtype "
+                      "(float, complex or int).")
+
+  # An array of strings or objects is refused by its dtype, before jnp.asarray fails on it.
+  if isinstance(getattr(value, "dtype", None), np.dtype):
+    check_dtype(value.dtype)
   try:
     arr = jnp.asarray(value)
   except TypeError as e:
     raise TypeError(f"{where}: {name} must be an array, got {type(value).__name__}: {e}") from None
-  if arr.dtype == jnp.bool_ or not (jnp.issubdtype(arr.dtype, jnp.number)):
-    raise TypeError(f"{where}: {name} has dtype {arr.dtype}; a conv needs a numeric dtype "
-                    "(float, complex or int).")
+  check_dtype(arr.dtype)
   return arr
 
 
