@@ -242,9 +242,9 @@ def run(
     method = _auto.choose_method(x.shape, kernel.shape, dtype=x.dtype,
                                  platform=_auto.platform_of(x), **kwargs)
   if method == "fft":
-    from flipconv import _fft
+    from flipconv import _fft_spmd
 
-    y = _fft.conv_general_dilated_fft(x, kernel, **kwargs)
+    y = _fft_spmd.conv_general_dilated_fft(x, kernel, **kwargs)
   else:
     y = lax.conv_general_dilated(x, kernel, **kwargs)
   return y if layouts.batched else y[0]
