@@ -37,14 +37,29 @@ Before anything is timed, the contenders of a case are checked to agree
 
      pads = (k - 1 - lo, n - 1 - (m - 1) * s + lo)
 
+   For these cases they are also what ``lax.conv_transpose`` derives from the
+   strings ``"SAME"`` and ``"VALID"`` (checked too); its ``"VALID"`` differs
+   where the kernel is smaller than the stride (TensorFlow's output size).
+
 3. Whether the optimised HLO (``jax.jit(f).lower(...).compile().as_text()``
    with metadata, source locations and names removed) of flipconv's function
-   equals the raw lax one: ``corr==lax`` and ``conv==lax+rev`` (and
-   ``fc==lax.ct`` in part 2); ``conv-corr`` lists the HLO ops that convolve
-   has beyond correlate (``+reverse`` and the fusion that wraps it, when they
-   differ only by a reverse) and whether the convolution instructions are the
-   same. ``spread`` is the interquartile range of the baseline's times over
-   its median: ratios closer to 1 than that are noise.
+   equals the raw lax one: ``corr==lax`` and ``conv==lax+rev`` in part 1,
+   ``==lax.ct(tk)``, ``==lax.ct``, ``==lin.T`` in part 2. ``conv-corr``
+   compares convolve's HLO with correlate's: "only reverses" when the
+   convolution instructions are the same and the other ops that differ only
+   move data; ``rev A / B``: what the reverses apply to in each (``k`` the
+   kernel, ``conv`` a convolution's result, i.e. the kernel gradient, ``-``
+   none); ``ops``: the op counts that differ. ``spread`` is the interquartile
+   range of the baseline's times over its median: ratios closer to 1 than
+   that are noise.
+4. A summary of each target ratio over all the rows of its table (geometric
+   mean and range), as ratios of medians, as medians of the ratios of times
+   taken in the same repeat, and as ratios of the fastest times. Rows whose
+   HLO is identical are A/A comparisons: their spread is the noise floor.
+
+The full run takes about 10 minutes on 2 cores shared with other jobs (the
+depthwise rows take half of it: XLA:CPU computes the depthwise kernel
+gradient as a dense conv and masks it), ``--quick`` under a minute.
 
   python benchmarks/bench_ops.py [--repeats 15] [--quick]
 """
@@ -303,9 +318,8 @@ def run_op_case(case: OpCase, layout: str, repeats: int) -> list[dict[str, objec
     what = f"{case.name} {layout} {kind}"
     check(out["fc.corr"], out["lax"], f"{what}: fc.correlate vs lax")
     check(out["fc.conv"], out["lax+rev"], f"{what}: fc.convolve vs lax+rev")
-    # An independent check of the flip: convolve(x, k) == correlate(x, flip_kernel(k)).
-    flipped = fc.flip_kernel(k, LAYOUTS[layout][1])
-    if kind == "fwd":
+    if kind == "fwd":  # and the flip itself: convolve(x, k) == correlate(x, flip_kernel(k))
+      flipped = fc.flip_kernel(k, LAYOUTS[layout][1])
       check(out["fc.conv"], fns["fc.corr"](x, flipped), f"{what}: convolve vs flipped correlate")
     text = {name: hlo(f, x, k) for name, f in fns.items()}
     times = timed({name: lambda f=f: f(x, k) for name, f in fns.items()}, repeats)
@@ -428,6 +442,13 @@ def run_t_case(case: TCase, layout: str, repeats: int) -> dict[str, object]:
   what = f"{case.name} {layout}"
   for name in ("lax.ct(tk)", "lax.ct", "lin.T"):
     check(out["fc.ct"], out[name], f"{what}: fc.conv_transpose vs {name}")
+  # lax's own string padding gives the same pairs here (TensorFlow's sizes; for VALID only
+  # where the kernel is at least the stride).
+  if case.padding == "SAME" or case.taps >= case.strides:
+    kk = lax.rev(k, tuple(rhs.index(c) for c in "HW")) if case.flip else k
+    by_string = lax.conv_transpose(y, kk, (case.strides,) * 2, case.padding,
+                                   dimension_numbers=(lhs, rhs, lhs), transpose_kernel=True)
+    check(out["fc.ct"], by_string, f"{what}: fc.conv_transpose vs lax's {case.padding!r}")
   # And the adjoint identity <conv(x), y> == <x, conv_transpose(y)> on a random x.
   xr = jnp.asarray(rng.standard_normal(x_shape, np.float32))
   fwd = fc.conv(xr, k, flip=case.flip, strides=case.strides, padding=case.padding, layout=lhs,
@@ -472,13 +493,12 @@ def print_summary(op_rows: list[dict[str, object]], t_rows: list[dict[str, objec
   in the load cancel); ``mins``: ratio of the fastest times (interference only
   ever adds time). Geometric mean over the rows and [lowest, highest].
   """
-  pairs = [
-      ("correlate / lax", op_rows, "fc.corr", "lax", "corr_same"),
-      ("convolve / (lax+rev)", op_rows, "fc.conv", "lax+rev", "conv_same"),
+  pairs = [  # label, rows, contender, baseline, whether a row's HLO is the same
+      ("correlate / lax", op_rows, "fc.corr", "lax", lambda row: row["corr_same"]),
+      ("convolve / (lax+rev)", op_rows, "fc.conv", "lax+rev", lambda row: row["conv_same"]),
       ("convolve / lax (the reverse)", op_rows, "fc.conv", "lax", None),
-      ("conv_transpose / lax.ct(tk)", t_rows, "fc.ct", "lax.ct(tk)", "lax.ct(tk)"),
-      ("conv_transpose / lax.ct", t_rows, "fc.ct", "lax.ct", "lax.ct"),
-      ("conv_transpose / lin.T", t_rows, "fc.ct", "lin.T", "lin.T"),
+      *((f"conv_transpose / {b}", t_rows, "fc.ct", b, lambda row, b=b: row["same"][b])
+        for b in ("lax.ct(tk)", "lax.ct", "lin.T")),
   ]
   stats = {
       "medians": lambda a, b: statistics.median(a) / statistics.median(b),
@@ -494,10 +514,7 @@ def print_summary(op_rows: list[dict[str, object]], t_rows: list[dict[str, objec
       r = [fn(row["times"][a], row["times"][b]) for row in rows]
       geo = statistics.geometric_mean(r)
       cells += f"{geo:8.3f} [{min(r):.2f} .. {max(r):.2f}]"
-    if same is None:
-      n_same = "-"
-    else:
-      n_same = str(sum(bool(row[same] if same in row else row["same"][same]) for row in rows))
+    n_same = "-" if same is None else str(sum(map(same, rows)))
     print(f"{label:30s}{len(rows):5d}{n_same:>5s}{cells}")
 
 
@@ -527,7 +544,8 @@ def main(argv: list[str] | None = None) -> None:
       t_rows.append(run_t_case(case, layout, args.repeats))
       print(f"  {case.name} {layout}: {time.perf_counter() - t0:.0f} s", file=sys.stderr,
             flush=True)
-  print("all contenders agreed before timing (assert_allclose, rtol 1e-4).")
+  print("all contenders agreed before timing (assert_allclose, rtol 1e-4; conv_transpose also "
+        "with lax's string padding and in <conv(x), y> == <x, conv_transpose(y)>).")
   print_op_table(op_rows)
   print_t_table(t_rows)
   print_summary(op_rows, t_rows)
