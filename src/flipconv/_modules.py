@@ -98,11 +98,19 @@ class Layer:
     return self.init_plan().new_shape(self.flax_kernel_shape(in_features, features, groups))
 
 
-def _kernel_size(kernel_size: Any, layout: Any, where: str) -> tuple[int, ...]:
+def _kernel_size(kernel_size: Any, layout: Any, convention: Convention,
+                 where: str) -> tuple[int, ...]:
   if is_int(kernel_size):
-    # Flax's rule: an int is a 1-D kernel, unless a layout string gives the rank.
-    n = len(spatial_letters(layout, "data")) if isinstance(layout, str) else 1
-    return as_int_tuple(kernel_size, n, "kernel_size", where)
+    if isinstance(layout, str):  # the layout gives the rank
+      return as_int_tuple(kernel_size, len(spatial_letters(layout, "data")), "kernel_size",
+                          where)
+    if convention.name != "flax":
+      # PyTorch's Conv2d(.., 3) is 3x3, Flax's Conv(.., 3) is 1-D: refuse to guess.
+      raise TypeError(
+          f"{where}: kernel_size={kernel_size} does not say the spatial rank with "
+          f"convention={convention.name!r}; give ({kernel_size},) for 1-D, ({kernel_size}, "
+          f"{kernel_size}) for 2-D, ..., or a layout string such as 'NCHW'.")
+    return as_int_tuple(kernel_size, 1, "kernel_size", where)
   if isinstance(kernel_size, Sequence) and not isinstance(kernel_size, str) and kernel_size:
     return as_int_tuple(kernel_size, len(kernel_size), "kernel_size", where)
   raise TypeError(f"{where}: kernel_size must be an int or a non-empty sequence of ints, got "
@@ -122,7 +130,7 @@ def resolve(
 ) -> Layer:
   """The :class:`Layer` of a module's fields (checked, before any array is seen)."""
   base = get_convention(convention)
-  size = _kernel_size(kernel_size, layout, where)
+  size = _kernel_size(kernel_size, layout, base, where)
   n = len(size)
   if layout is None:
     layout = generalize(base.layout, n)
@@ -211,6 +219,14 @@ def flax_padding(padding: Any, pad_mode: Any, kernel_size: Sequence[int],
   return tuple(((k - 1) // 2, k // 2) for k in k_eff), mode
 
 
+def flax_pairs(padding: Any) -> Any:
+  """Flax's mixed form ``[1, (0, 2)]`` (an int pads both sides of its dimension) as pairs."""
+  if (isinstance(padding, Sequence) and not isinstance(padding, str)
+      and any(is_int(p) for p in padding) and not all(is_int(p) for p in padding)):
+    return tuple((p, p) if is_int(p) else p for p in padding)
+  return padding
+
+
 def batch_dims(layer: Layer, x: jax.Array) -> tuple[jax.Array, tuple[int, ...] | None]:
   """Flax's allowance: any number of leading batch axes (0 included), flattened to one.
 
@@ -275,6 +291,10 @@ def apply(
   x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
   layout = batched_layout(layer) if batch_shape is not None else layer.layout
   n = layer.n
+  # Flax's spellings: None for 1 (flax's ConvTranspose defaults), ints mixed with pairs.
+  strides, kernel_dilation, input_dilation = (
+      1 if v is None else v for v in (strides, kernel_dilation, input_dilation))
+  padding = flax_pairs(padding)
   dilation = as_int_tuple(kernel_dilation, n, "kernel_dilation", where)
   common = dict(convention=layer.own, flip=layer.flip, layout=layout,
                 kernel_layout=layer.kernel_layout, strides=strides, dilation=dilation,

@@ -54,8 +54,12 @@ def _call(module: Any, inputs: Any, layer: _modules.Layer, *, input_dilation: An
     return _modules.init_kernel(layer, module.kernel_init, key, in_features, module.features,
                                 groups, module.param_dtype, _relayout_boxed)
 
+  expected = layer.kernel_shape(in_features, module.features, groups)
+  if module.has_variable("params", "kernel"):
+    # Before module.param, whose own shape check raises Flax's error without the fix.
+    _modules.check_kernel(layer, meta.unbox(module.get_variable("params", "kernel")), expected)
   kernel = module.param("kernel", init)
-  _modules.check_kernel(layer, kernel, layer.kernel_shape(in_features, module.features, groups))
+  _modules.check_kernel(layer, kernel, expected)
   bias = None
   if module.use_bias:
     bias = module.param("bias", module.bias_init, (module.features,), module.param_dtype)
