@@ -793,3 +793,9 @@ def test_fft_method_is_the_direct_method():
   nnx.update(direct, randomize(params_of(direct)))
   nnx.update(fft, params_of(direct))
   assert_close(fft(x), direct(x), rtol=1e-4)
+
+
+def test_input_with_the_wrong_channel_count_names_in_features():
+  layer = fc.nnx.Conv(3, 4, (3, 3), convention="pytorch", rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"5 channels .*in_features=3"):
+    layer(jnp.ones((2, 5, 8, 8)))

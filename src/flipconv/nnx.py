@@ -58,6 +58,12 @@ class _Base(nnx.Module):
       self.bias = nnx.data(None)
 
   def _apply(self, inputs: Any, **kwargs: Any) -> jax.Array:
+    c = _modules.in_features_of(self.layer, inputs)
+    if c != self.in_features:
+      raise ValueError(
+          f"{self.layer.where}: the input has {c} channels (axis C of layout "
+          f"{self.layer.layout!r}, input shape {tuple(jax.numpy.shape(inputs))}) but the layer "
+          f"was built with in_features={self.in_features}.")
     kernel = self.kernel[...]
     _modules.check_kernel(self.layer, kernel, self.kernel_shape)
     bias = self.bias[...] if self.bias is not None else None
