@@ -15,11 +15,11 @@ import numpy as np
 
 # flipconv's pad_mode names -> np.pad's mode names.
 NUMPY_PAD_MODE = {
-    "zeros": "constant",
-    "reflect": "reflect",
-    "replicate": "edge",
-    "circular": "wrap",
-    "symmetric": "symmetric",
+  "zeros": "constant",
+  "reflect": "reflect",
+  "replicate": "edge",
+  "circular": "wrap",
+  "symmetric": "symmetric",
 }
 
 
@@ -49,15 +49,15 @@ def dilate(x: np.ndarray, input_dilation: Sequence[int]) -> np.ndarray:
 
 
 def np_conv(
-    x: np.ndarray,
-    k: np.ndarray,
-    *,
-    flip: bool,
-    strides: Sequence[int],
-    pads: Sequence[tuple[int, int]],
-    dilation: Sequence[int],
-    input_dilation: Sequence[int],
-    groups: int,
+  x: np.ndarray,
+  k: np.ndarray,
+  *,
+  flip: bool,
+  strides: Sequence[int],
+  pads: Sequence[tuple[int, int]],
+  dilation: Sequence[int],
+  input_dilation: Sequence[int],
+  groups: int,
 ) -> np.ndarray:
   """N-d grouped convolution, channels-first, by explicit loops.
 
