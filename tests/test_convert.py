@@ -330,8 +330,8 @@ def test_dense_after_flatten_of_nchw_moves_to_nhwc(dst):
   assert back.tobytes() == weight.tobytes()
 
 
-@pytest.mark.parametrize(("a", "b"), itertools.product(["pytorch", "flax", "equinox", CUSTOM],
-                                                       repeat=2))
+@pytest.mark.parametrize(("a", "b"), list(itertools.product(
+    ["pytorch", "flax", "equinox", CUSTOM], repeat=2)))
 def test_dense_after_flatten_every_pair_1d_and_3d(a, b):
   for feature in [(3, 5), (3, 2, 4), (2, 3, 2, 2)]:
     n = len(feature) - 1
