@@ -52,8 +52,9 @@ except ImportError:  # pragma: no cover - the bench needs SciPy for its referenc
   scipy = None
 
 
-def timed(fns: dict[str, Callable[[], object]], repeats: int, budget_s: float = 20.0
-          ) -> dict[str, float]:
+def timed(
+  fns: dict[str, Callable[[], object]], repeats: int, budget_s: float = 20.0
+) -> dict[str, float]:
   """Median seconds of each zero-argument function, runs interleaved.
 
   Each function runs once first (compilation, warm-up); then ``repeats``
@@ -66,7 +67,7 @@ def timed(fns: dict[str, Callable[[], object]], repeats: int, budget_s: float = 
   names = list(fns)
   times: dict[str, list[float]] = {k: [] for k in names}
   for r in range(repeats):
-    order = names[r % len(names):] + names[: r % len(names)]
+    order = names[r % len(names) :] + names[: r % len(names)]
     for name in order:
       start = time.perf_counter()
       jax.block_until_ready(fns[name]())
@@ -99,11 +100,11 @@ class Case:
 def cases(quick: bool) -> list[Case]:
   kernels_1d = (33, 2049, 8192) if quick else (33, 257, 2049, 8192)
   kernels_2d = (7, 63) if quick else (7, 31, 63)
-  out = [Case(f"1-D 65536, k={k}", 1, 1, 1, (65536,), (k,), "FULL", "full")
-         for k in kernels_1d]
+  out = [Case(f"1-D 65536, k={k}", 1, 1, 1, (65536,), (k,), "FULL", "full") for k in kernels_1d]
   out.append(Case("1-D 8x16->16, 16384, k=1024", 8, 16, 16, (16384,), (1024,), "SAME", None))
-  out += [Case(f"2-D 512x512, k={k}x{k}", 1, 1, 1, (512, 512), (k, k), "SAME", "same")
-          for k in kernels_2d]
+  out += [
+    Case(f"2-D 512x512, k={k}x{k}", 1, 1, 1, (512, 512), (k, k), "SAME", "same") for k in kernels_2d
+  ]
   # Where the direct method should win: auto must pick it.
   if not quick:
     out.append(Case("1-D 8x16->16, 16384, k=9", 8, 16, 16, (16384,), (9,), "SAME", None))
@@ -117,8 +118,9 @@ def run_case(case: Case, repeats: int) -> dict[str, object]:
   fns: dict[str, Callable[[], object]] = {}
   jitted = {}
   for method in ("direct", "fft", "auto"):
-    jitted[method] = jax.jit(lambda a, b, m=method: fc.convolve(a, b, padding=case.padding,
-                                                                 method=m))
+    jitted[method] = jax.jit(
+      lambda a, b, m=method: fc.convolve(a, b, padding=case.padding, method=m)
+    )
     fns[method] = lambda m=method: jitted[m](xj, kj)
   ref = None
   if case.scipy_mode is not None and scipy is not None:
@@ -127,8 +129,9 @@ def run_case(case: Case, repeats: int) -> dict[str, object]:
     jsp = jax.jit(lambda a, b: jax.scipy.signal.fftconvolve(a, b, mode=case.scipy_mode))
     fns["jax.scipy"] = lambda: jsp(xsj, ksj)
     fns["scipy"] = lambda: scipy.signal.fftconvolve(xs, ks, mode=case.scipy_mode)
-    ref = scipy.signal.fftconvolve(xs.astype(np.float64), ks.astype(np.float64),
-                                   mode=case.scipy_mode)
+    ref = scipy.signal.fftconvolve(
+      xs.astype(np.float64), ks.astype(np.float64), mode=case.scipy_mode
+    )
     got = np.asarray(jitted["fft"](xj, kj))[0, ..., 0]
   else:
     ref = np.asarray(jitted["direct"](xj, kj))
@@ -143,29 +146,42 @@ def run_case(case: Case, repeats: int) -> dict[str, object]:
 def _lax_kwargs(case: Case) -> dict[str, object]:
   """The lax arguments that fc.convolve passes for this case (to ask choose_method)."""
   n = len(case.size)
-  sp = "DHW"[3 - n:]
-  dn = lax.conv_dimension_numbers((case.batch, *case.size, case.c_in),
-                                  (*case.taps, case.c_in, case.c_out),
-                                  (f"N{sp}C", f"{sp}IO", f"N{sp}C"))
+  sp = "DHW"[3 - n :]
+  dn = lax.conv_dimension_numbers(
+    (case.batch, *case.size, case.c_in),
+    (*case.taps, case.c_in, case.c_out),
+    (f"N{sp}C", f"{sp}IO", f"N{sp}C"),
+  )
   pads = lax.padtype_to_pads(case.size, case.taps, (1,) * n, "SAME")
   if case.padding == "FULL":
     pads = [(t - 1, t - 1) for t in case.taps]
-  return dict(window_strides=(1,) * n, padding=pads, lhs_dilation=(1,) * n,
-              rhs_dilation=(1,) * n, dimension_numbers=dn, feature_group_count=1)
+  return dict(
+    window_strides=(1,) * n,
+    padding=pads,
+    lhs_dilation=(1,) * n,
+    rhs_dilation=(1,) * n,
+    dimension_numbers=dn,
+    feature_group_count=1,
+  )
 
 
 def print_table(rows: list[dict[str, object]]) -> None:
   cols = ("direct", "fft", "auto", "jax.scipy", "scipy")
-  print(f"{'case':30s}" + "".join(f"{c:>11s}" for c in cols)
-        + f"{'dir/fft':>9s}{'fft/scipy':>10s}{'jsp/fft':>9s}{'auto/best':>10s}{'err':>9s}")
+  print(
+    f"{'case':30s}"
+    + "".join(f"{c:>11s}" for c in cols)
+    + f"{'dir/fft':>9s}{'fft/scipy':>10s}{'jsp/fft':>9s}{'auto/best':>10s}{'err':>9s}"
+  )
   for row in rows:
     t = row["times"]
     cells = "".join(f"{t[c] * 1e3:11.2f}" if c in t else f"{'-':>11s}" for c in cols)
     best = min(t["direct"], t["fft"])
     scipy_ratio = f"{t['fft'] / t['scipy']:10.2f}" if "scipy" in t else f"{'-':>10s}"
     jsp_ratio = f"{t['jax.scipy'] / t['fft']:9.1f}" if "jax.scipy" in t else f"{'-':>9s}"
-    print(f"{row['case']:30s}{cells}{t['direct'] / t['fft']:9.1f}{scipy_ratio}{jsp_ratio}"
-          f"{t['auto'] / best:10.2f}{row['err']:9.1e}  auto={row['picked']}")
+    print(
+      f"{row['case']:30s}{cells}{t['direct'] / t['fft']:9.1f}{scipy_ratio}{jsp_ratio}"
+      f"{t['auto'] / best:10.2f}{row['err']:9.1e}  auto={row['picked']}"
+    )
 
 
 # ---------------------------------------------------------------- calibration
@@ -187,13 +203,17 @@ class Shape:
   def kwargs(self) -> dict[str, object]:
     n = len(self.size)
     pads = [((t - 1) // 2, t // 2) for t in self.taps]
-    return dict(window_strides=(self.stride,) * n, padding=pads,
-                lhs_dilation=(self.input_dilation,) * n, rhs_dilation=(1,) * n,
-                dimension_numbers=None, feature_group_count=self.groups)
+    return dict(
+      window_strides=(self.stride,) * n,
+      padding=pads,
+      lhs_dilation=(self.input_dilation,) * n,
+      rhs_dilation=(1,) * n,
+      dimension_numbers=None,
+      feature_group_count=self.groups,
+    )
 
   def shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    return ((self.batch, self.c_in, *self.size),
-            (self.c_out, self.c_in // self.groups, *self.taps))
+    return ((self.batch, self.c_in, *self.size), (self.c_out, self.c_in // self.groups, *self.taps))
 
 
 def calibration_grid(quick: bool) -> list[Shape]:
@@ -224,26 +244,36 @@ def measure(shape: Shape, repeats: int) -> dict[str, object]:
   k = jnp.asarray(rng.standard_normal(rhs_shape, dtype=np.float32))
   kw = shape.kwargs()
   chosen = _fft.plan(lhs_shape, rhs_shape, **kw)
-  plans = {"fft": chosen, "fft:whole": _fft.plan(lhs_shape, rhs_shape, **kw,
-                                                 block_lengths=(0,) * len(shape.size))}
+  plans = {
+    "fft": chosen,
+    "fft:whole": _fft.plan(lhs_shape, rhs_shape, **kw, block_lengths=(0,) * len(shape.size)),
+  }
   q = [a.kernel_blocks for a in chosen.axes]
   for f in (4, 16):
     lengths = tuple(_fft.fast_length(f * v) for v in q)
-    if all(n < a.length or a.block for n, a in zip(lengths, plans["fft:whole"].axes,
-                                                    strict=True)):
+    if all(n < a.length or a.block for n, a in zip(lengths, plans["fft:whole"].axes, strict=True)):
       plans[f"fft:x{f}"] = _fft.plan(lhs_shape, rhs_shape, **kw, block_lengths=lengths)
   direct = jax.jit(lambda a, b: lax.conv_general_dilated(a, b, **kw))
   fns = {"direct": lambda: direct(x, k)}
   for name, p in plans.items():
     lengths = tuple(a.length if a.block else 0 for a in p.axes)
-    f = jax.jit(lambda a, b, bl=lengths: _fft.conv_general_dilated_fft(a, b, **kw,
-                                                                      block_lengths=bl))
+    f = jax.jit(
+      lambda a, b, bl=lengths: _fft.conv_general_dilated_fft(a, b, **kw, block_lengths=bl)
+    )
     fns[name] = lambda f=f: f(x, k)
   times = timed(fns, repeats, budget_s=6.0)
-  return {"shape": dataclasses.asdict(shape), "direct": times.pop("direct"),
-          "fft": [{"name": name, "time": t,
-                   "block_lengths": [a.length if a.block else 0 for a in plans[name].axes]}
-                  for name, t in times.items()]}
+  return {
+    "shape": dataclasses.asdict(shape),
+    "direct": times.pop("direct"),
+    "fft": [
+      {
+        "name": name,
+        "time": t,
+        "block_lengths": [a.length if a.block else 0 for a in plans[name].axes],
+      }
+      for name, t in times.items()
+    ],
+  }
 
 
 def _shape(d: dict[str, object]) -> Shape:
@@ -251,8 +281,7 @@ def _shape(d: dict[str, object]) -> Shape:
 
 
 def fft_work(shape: Shape, block_lengths: list[int]) -> list[float]:
-  return [1.0, *_fft.plan(*shape.shapes(), **shape.kwargs(),
-                          block_lengths=block_lengths).work()]
+  return [1.0, *_fft.plan(*shape.shapes(), **shape.kwargs(), block_lengths=block_lengths).work()]
 
 
 def fit(rows: list[list[float]], times: list[float]) -> np.ndarray:
@@ -266,8 +295,9 @@ def fit(rows: list[list[float]], times: list[float]) -> np.ndarray:
   scale[scale == 0] = 1
   a = a / scale
   start, _ = scipy.optimize.nnls(a / t[:, None], np.ones(len(t)))  # relative errors first
-  res = scipy.optimize.least_squares(lambda c: np.log(a @ c + 1e-9) - np.log(t),
-                                     np.maximum(start, 1e-9), bounds=(0, np.inf))
+  res = scipy.optimize.least_squares(
+    lambda c: np.log(a @ c + 1e-9) - np.log(t), np.maximum(start, 1e-9), bounds=(0, np.inf)
+  )
   return res.x / scale
 
 
@@ -283,8 +313,11 @@ def calibrate(args: argparse.Namespace) -> None:
       row = measure(shape, args.repeats)
       data.append(row)
       best = min(row["fft"], key=lambda r: r["time"])
-      print(f"{shape}: direct {row['direct'] * 1e3:.2f} ms, fft {row['fft'][0]['time'] * 1e3:.2f}"
-            f" ms (best {best['name']} {best['time'] * 1e3:.2f})", flush=True)
+      print(
+        f"{shape}: direct {row['direct'] * 1e3:.2f} ms, fft {row['fft'][0]['time'] * 1e3:.2f}"
+        f" ms (best {best['name']} {best['time'] * 1e3:.2f})",
+        flush=True,
+      )
     if args.save:
       with open(args.save, "w") as f:
         json.dump(data, f)
@@ -297,20 +330,26 @@ def calibrate(args: argparse.Namespace) -> None:
       fft_rows.append(fft_work(_shape(row["shape"]), r["block_lengths"]))
       fft_times.append(r["time"] * 1e9)
   fc_ = fit(fft_rows, fft_times)
-  print("\nFFT_NS = (" + ", ".join(f"{v:.3g}" for v in fc_) + ")  # per call, per point*log2, "
-        "per point, per product, per product 2-D+, per element moved")
-  dir_rows = [_auto.direct_features(_shape(row["shape"]).shapes(),
-                                    **_shape(row["shape"]).kwargs()) for row in data]
+  print(
+    "\nFFT_NS = (" + ", ".join(f"{v:.3g}" for v in fc_) + ")  # per call, per point*log2, "
+    "per point, per product, per product 2-D+, per element moved"
+  )
+  dir_rows = [
+    _auto.direct_features(_shape(row["shape"]).shapes(), **_shape(row["shape"]).kwargs())
+    for row in data
+  ]
   dir_times = [row["direct"] * 1e9 for row in data]
   dc = fit(dir_rows, dir_times)
-  print("DIRECT_NS = (" + ", ".join(f"{v:.3g}" for v in dc) + ")  # "
-        + ", ".join(_auto.DIRECT_FEATURES))
+  print(
+    "DIRECT_NS = (" + ", ".join(f"{v:.3g}" for v in dc) + ")  # " + ", ".join(_auto.DIRECT_FEATURES)
+  )
   rows = []
   for row, feats in zip(data, dir_rows, strict=True):
     shape = _shape(row["shape"])
     m_fft = float(np.dot(fft_work(shape, row["fft"][0]["block_lengths"]), fc_))
-    rows.append((shape, row["direct"], row["fft"][0]["time"], float(np.dot(feats, dc)) * 1e-9,
-                 m_fft * 1e-9))
+    rows.append(
+      (shape, row["direct"], row["fft"][0]["time"], float(np.dot(feats, dc)) * 1e-9, m_fft * 1e-9)
+    )
 
   def ratios(margin: float) -> list[float]:
     return [(t_f if m_f * margin < m_d else t_d) / min(t_d, t_f) for _, t_d, t_f, m_d, m_f in rows]
@@ -320,28 +359,42 @@ def calibrate(args: argparse.Namespace) -> None:
   for name, model, t in (("direct", 3, 1), ("fft", 4, 2)):
     rms = math.sqrt(statistics.fmean(math.log(r[model] / r[t]) ** 2 for r in rows))
     print(f"{name} model: rms log error {rms:.2f} over {len(rows)} shapes")
-  print(f"AUTO_MARGIN = {margin}  # worst auto/best on the grid by margin: " + ", ".join(
-      f"{m}: {max(ratios(m)):.2f}" for m in margins))
+  print(
+    f"AUTO_MARGIN = {margin}  # worst auto/best on the grid by margin: "
+    + ", ".join(f"{m}: {max(ratios(m)):.2f}" for m in margins)
+  )
   print(f"\n{'shape':70s}{'direct':>9s}{'fft':>9s}{'model d':>9s}{'model f':>9s}  pick  ratio")
   for (shape, t_d, t_f, m_d, m_f), ratio in zip(rows, ratios(margin), strict=True):
     pick = "fft" if m_f * margin < m_d else "direct"
-    print(f"{shape!s:70.70s}{t_d * 1e3:9.2f}{t_f * 1e3:9.2f}{m_d * 1e3:9.2f}{m_f * 1e3:9.2f}"
-          f"  {pick:6s}{ratio:5.2f}")
-  print(f"\nworst auto/best on the calibration grid with these constants: "
-        f"{max(ratios(margin)):.2f}")
+    print(
+      f"{shape!s:70.70s}{t_d * 1e3:9.2f}{t_f * 1e3:9.2f}{m_d * 1e3:9.2f}{m_f * 1e3:9.2f}"
+      f"  {pick:6s}{ratio:5.2f}"
+    )
+  print(
+    f"\nworst auto/best on the calibration grid with these constants: {max(ratios(margin)):.2f}"
+  )
 
   # The crossovers that the fitted constants imply: the smallest kernel auto sends to the FFT.
   _fft.FFT_NS, _auto.DIRECT_NS, _auto.AUTO_MARGIN = tuple(fc_), tuple(dc), margin
   print("\ncrossover (smallest kernel for which auto picks fft on CPU):")
-  families = [(1, 1, 1, (65536,)), (1, 1, 1, (4096,)), (8, 16, 16, (16384,)),
-              (4, 64, 64, (4096,)), (1, 1, 1, (512, 512)), (4, 16, 16, (128, 128)),
-              (8, 64, 64, (32, 32)), (2, 8, 8, (32, 32, 32))]
+  families = [
+    (1, 1, 1, (65536,)),
+    (1, 1, 1, (4096,)),
+    (8, 16, 16, (16384,)),
+    (4, 64, 64, (4096,)),
+    (1, 1, 1, (512, 512)),
+    (4, 16, 16, (128, 128)),
+    (8, 64, 64, (32, 32)),
+    (2, 8, 8, (32, 32, 32)),
+  ]
   for b, c, o, size in families:
     for k in range(1, 1025):
       shape = Shape(b, c, o, 1, size, (k,) * len(size))
       if _auto.choose_method(*shape.shapes(), platform="cpu", **shape.kwargs()) == "fft":
-        print(f"  batch {b}, {c} -> {o} channels, size {'x'.join(map(str, size))}: kernel "
-              f"{'x'.join([str(k)] * len(size))}")
+        print(
+          f"  batch {b}, {c} -> {o} channels, size {'x'.join(map(str, size))}: kernel "
+          f"{'x'.join([str(k)] * len(size))}"
+        )
         break
     else:
       print(f"  batch {b}, {c} -> {o} channels, size {size}: none up to 1024")
@@ -356,8 +409,9 @@ def accuracy() -> None:
   for case in cases(quick=False):
     x, k = case.arrays(seed=1)
     with jax.enable_x64(True):
-      ref = np.asarray(fc.convolve(x.astype(np.float64), k.astype(np.float64),
-                                   padding=case.padding))
+      ref = np.asarray(
+        fc.convolve(x.astype(np.float64), k.astype(np.float64), padding=case.padding)
+      )
     errs = []
     for method in ("fft", "direct"):
       y = np.asarray(fc.convolve(x, k, padding=case.padding, method=method))
@@ -372,13 +426,19 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--calibrate", action="store_true")
   parser.add_argument("--accuracy", action="store_true")
   parser.add_argument("--save", help="calibration: write the timings to this JSON file")
-  parser.add_argument("--load", nargs="+", help="calibration: fit the timings in these JSON "
-                      "files (written by --save) instead of measuring")
+  parser.add_argument(
+    "--load",
+    nargs="+",
+    help="calibration: fit the timings in these JSON "
+    "files (written by --save) instead of measuring",
+  )
   args = parser.parse_args(argv)
   if args.repeats is None:
     args.repeats = 3 if args.quick else 15
-  print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
-        f"{jax.devices()[0].device_kind}", flush=True)
+  print(
+    f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.devices()[0].device_kind}",
+    flush=True,
+  )
   if args.calibrate:
     calibrate(args)
   elif args.accuracy:

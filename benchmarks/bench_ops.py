@@ -97,7 +97,7 @@ def timed(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[
   names = list(fns)
   times: dict[str, list[float]] = {k: [] for k in names}
   for r in range(repeats):
-    order = names[r % len(names):] + names[: r % len(names)]
+    order = names[r % len(names) :] + names[: r % len(names)]
     for name in order:
       start = time.perf_counter()
       jax.block_until_ready(fns[name]())
@@ -117,15 +117,16 @@ def check(got, ref, what: str) -> None:
   """The contenders agree: float32 sums in a possibly different order."""
   for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
     r = np.asarray(r)
-    np.testing.assert_allclose(np.asarray(g), r, rtol=1e-4, atol=1e-5 * float(np.abs(r).max()),
-                               err_msg=what)
+    np.testing.assert_allclose(
+      np.asarray(g), r, rtol=1e-4, atol=1e-5 * float(np.abs(r).max()), err_msg=what
+    )
 
 
 # ----------------------------------------------------------------- HLO text
 
 _SECTIONS = ("FileNames", "FunctionNames", "FileLocations", "StackFrames")
 _ATTRS = re.compile(r',\s*(?:metadata|frontend_attributes|origin)=\{(?:[^{}"]|"[^"]*")*\}')
-_OPCODE = re.compile(r'^\s*(?:ROOT\s+)?%\S+\s*=\s*.*?\s([a-z][a-z0-9-]*)\(')
+_OPCODE = re.compile(r"^\s*(?:ROOT\s+)?%\S+\s*=\s*.*?\s([a-z][a-z0-9-]*)\(")
 
 
 def canonical_hlo(text: str) -> str:
@@ -149,13 +150,13 @@ def canonical_hlo(text: str) -> str:
     name = m.group(1) or m.group(2)
     names.setdefault(name, f"n{len(names)}")
   body = re.sub(r"%([\w.-]+)", lambda m: "%" + names[m.group(1)], body)
-  return re.sub(r"([\w.-]+)(: [a-z]+\d*\[)", lambda m: names.get(m.group(1), m.group(1))
-                + m.group(2), body)
+  return re.sub(
+    r"([\w.-]+)(: [a-z]+\d*\[)", lambda m: names.get(m.group(1), m.group(1)) + m.group(2), body
+  )
 
 
 def opcodes(text: str) -> collections.Counter:
-  return collections.Counter(m.group(1) for line in text.splitlines()
-                             if (m := _OPCODE.match(line)))
+  return collections.Counter(m.group(1) for line in text.splitlines() if (m := _OPCODE.match(line)))
 
 
 def convolutions(text: str) -> list[str]:
@@ -267,8 +268,9 @@ class OpCase:
   def arrays(self, layout: str, seed: int = 0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((self.batch, self.size, self.size, self.c_in), np.float32)
-    k = rng.standard_normal((self.taps, self.taps, self.c_in // self.groups, self.c_out),
-                            np.float32)
+    k = rng.standard_normal(
+      (self.taps, self.taps, self.c_in // self.groups, self.c_out), np.float32
+    )
     if layout == "NCHW":
       x, k = x.transpose(0, 3, 1, 2), k.transpose(3, 2, 0, 1)
     return jnp.asarray(np.ascontiguousarray(x)), jnp.asarray(np.ascontiguousarray(k))
@@ -276,31 +278,41 @@ class OpCase:
 
 def op_cases(quick: bool) -> list[OpCase]:
   if quick:
-    return [OpCase("2x16x16x16 3x3 16->16 SAME", 2, 16, 16, 16, 3, 1, "SAME"),
-            OpCase("1x32x32x3 7x7 3->16 s2 p3", 1, 32, 3, 16, 7, 2, 3),
-            OpCase("2x16x16x32 dw3x3 SAME", 2, 16, 32, 32, 3, 1, "SAME", groups=32)]
-  return [OpCase("8x64x64x64 3x3 64->64 SAME", 8, 64, 64, 64, 3, 1, "SAME"),
-          OpCase("1x224x224x3 7x7 3->64 s2 p3", 1, 224, 3, 64, 7, 2, 3),
-          OpCase("8x56x56x128 dw3x3 SAME", 8, 56, 128, 128, 3, 1, "SAME", groups=128)]
+    return [
+      OpCase("2x16x16x16 3x3 16->16 SAME", 2, 16, 16, 16, 3, 1, "SAME"),
+      OpCase("1x32x32x3 7x7 3->16 s2 p3", 1, 32, 3, 16, 7, 2, 3),
+      OpCase("2x16x16x32 dw3x3 SAME", 2, 16, 32, 32, 3, 1, "SAME", groups=32),
+    ]
+  return [
+    OpCase("8x64x64x64 3x3 64->64 SAME", 8, 64, 64, 64, 3, 1, "SAME"),
+    OpCase("1x224x224x3 7x7 3->64 s2 p3", 1, 224, 3, 64, 7, 2, 3),
+    OpCase("8x56x56x128 dw3x3 SAME", 8, 56, 128, 128, 3, 1, "SAME", groups=128),
+  ]
 
 
 def op_fns(case: OpCase, layout: str) -> dict[str, Callable]:
   """Forward functions ``(x, k) -> y`` of the four contenders."""
   lhs, rhs = LAYOUTS[layout]
   spatial = tuple(rhs.index(c) for c in "HW")
-  kw = dict(strides=case.strides, padding=case.padding, groups=case.groups, layout=lhs,
-            kernel_layout=rhs)
+  kw = dict(
+    strides=case.strides, padding=case.padding, groups=case.groups, layout=lhs, kernel_layout=rhs
+  )
 
   def raw(x, k):
-    return lax.conv_general_dilated(x, k, (case.strides,) * 2, case.lax_padding(),
-                                    dimension_numbers=(lhs, rhs, lhs),
-                                    feature_group_count=case.groups)
+    return lax.conv_general_dilated(
+      x,
+      k,
+      (case.strides,) * 2,
+      case.lax_padding(),
+      dimension_numbers=(lhs, rhs, lhs),
+      feature_group_count=case.groups,
+    )
 
   return {
-      "lax": raw,
-      "fc.corr": lambda x, k: fc.correlate(x, k, **kw),
-      "lax+rev": lambda x, k: raw(x, lax.rev(k, spatial)),
-      "fc.conv": lambda x, k: fc.convolve(x, k, **kw),
+    "lax": raw,
+    "fc.corr": lambda x, k: fc.correlate(x, k, **kw),
+    "lax+rev": lambda x, k: raw(x, lax.rev(k, spatial)),
+    "fc.conv": lambda x, k: fc.convolve(x, k, **kw),
   }
 
 
@@ -312,8 +324,9 @@ def run_op_case(case: OpCase, layout: str, repeats: int) -> list[dict[str, objec
   x, k = case.arrays(layout)
   rows = []
   for kind in ("fwd", "bwd"):
-    fns = {name: jax.jit(f if kind == "fwd" else grad_of(f))
-           for name, f in op_fns(case, layout).items()}
+    fns = {
+      name: jax.jit(f if kind == "fwd" else grad_of(f)) for name, f in op_fns(case, layout).items()
+    }
     out = {name: f(x, k) for name, f in fns.items()}
     what = f"{case.name} {layout} {kind}"
     check(out["fc.corr"], out["lax"], f"{what}: fc.correlate vs lax")
@@ -323,12 +336,19 @@ def run_op_case(case: OpCase, layout: str, repeats: int) -> list[dict[str, objec
       check(out["fc.conv"], fns["fc.corr"](x, flipped), f"{what}: convolve vs flipped correlate")
     text = {name: hlo(f, x, k) for name, f in fns.items()}
     times = timed({name: lambda f=f: f(x, k) for name, f in fns.items()}, repeats)
-    rows.append({"case": case.name, "layout": layout, "kind": kind, "times": times,
-                 "corr_same": text["fc.corr"] == text["lax"],
-                 "conv_same": text["fc.conv"] == text["lax+rev"],
-                 "conv_rev_only": only_reverse(text["fc.conv"], text["fc.corr"]),
-                 "rev": (reversed_operands(text["fc.conv"]), reversed_operands(text["fc.corr"])),
-                 "conv_diff": op_diff(text["fc.conv"], text["fc.corr"])})
+    rows.append(
+      {
+        "case": case.name,
+        "layout": layout,
+        "kind": kind,
+        "times": times,
+        "corr_same": text["fc.corr"] == text["lax"],
+        "conv_same": text["fc.conv"] == text["lax+rev"],
+        "conv_rev_only": only_reverse(text["fc.conv"], text["fc.corr"]),
+        "rev": (reversed_operands(text["fc.conv"]), reversed_operands(text["fc.corr"])),
+        "conv_diff": op_diff(text["fc.conv"], text["fc.corr"]),
+      }
+    )
   return rows
 
 
@@ -342,20 +362,26 @@ YES = {True: "yes", False: "NO"}
 
 def print_op_table(rows: list[dict[str, object]]) -> None:
   med = statistics.median
-  print("\n1. correlate / convolve vs lax.conv_general_dilated (medians of interleaved runs)\n"
-        "   targets: corr/lax 1.00, conv/(lax+rev) <= 1.02; rev: what the reverses in the "
-        "HLO apply to, convolve / correlate\n")
-  print(f"{'case':30s}{'layout':>7s}{'pass':>5s}{'lax ms':>9s}{'spread':>8s}{'corr/lax':>9s}"
-        f"{'conv/lax+rev':>13s}{'conv/lax':>9s}  {'corr==lax':>9s} {'conv==lax+rev':>13s}"
-        "  conv-corr (HLO)")
+  print(
+    "\n1. correlate / convolve vs lax.conv_general_dilated (medians of interleaved runs)\n"
+    "   targets: corr/lax 1.00, conv/(lax+rev) <= 1.02; rev: what the reverses in the "
+    "HLO apply to, convolve / correlate\n"
+  )
+  print(
+    f"{'case':30s}{'layout':>7s}{'pass':>5s}{'lax ms':>9s}{'spread':>8s}{'corr/lax':>9s}"
+    f"{'conv/lax+rev':>13s}{'conv/lax':>9s}  {'corr==lax':>9s} {'conv==lax+rev':>13s}"
+    "  conv-corr (HLO)"
+  )
   for row in rows:
     t = {name: med(ts) for name, ts in row["times"].items()}
     verdict = "only reverses" if row["conv_rev_only"] else "DIFFERENT"
-    print(f"{row['case']:30s}{row['layout']:>7s}{row['kind']:>5s}{t['lax'] * 1e3:9.2f}"
-          f" {pct(row['times']['lax'])}{t['fc.corr'] / t['lax']:9.3f}"
-          f"{t['fc.conv'] / t['lax+rev']:13.3f}{t['fc.conv'] / t['lax']:9.3f}"
-          f"  {YES[row['corr_same']]:>9s} {YES[row['conv_same']]:>13s}"
-          f"  {verdict}, rev {row['rev'][0]} / {row['rev'][1]}; ops {row['conv_diff']}")
+    print(
+      f"{row['case']:30s}{row['layout']:>7s}{row['kind']:>5s}{t['lax'] * 1e3:9.2f}"
+      f" {pct(row['times']['lax'])}{t['fc.corr'] / t['lax']:9.3f}"
+      f"{t['fc.conv'] / t['lax+rev']:13.3f}{t['fc.conv'] / t['lax']:9.3f}"
+      f"  {YES[row['corr_same']]:>9s} {YES[row['conv_same']]:>13s}"
+      f"  {verdict}, rev {row['rev'][0]} / {row['rev'][1]}; ops {row['conv_diff']}"
+    )
 
 
 # -------------------------------------------------------------- part 2: conv_transpose
@@ -375,8 +401,10 @@ class TCase:
 
   @property
   def name(self) -> str:
-    return (f"{self.batch}x{self.size}x{self.size}x{self.channels} {self.taps}x{self.taps} "
-            f"s{self.strides} {self.padding} flip={self.flip}")
+    return (
+      f"{self.batch}x{self.size}x{self.size}x{self.channels} {self.taps}x{self.taps} "
+      f"s{self.strides} {self.padding} flip={self.flip}"
+    )
 
   def lax_pads(self) -> tuple[tuple[tuple[int, int], ...], int]:
     """Pads of the dilated input for lax.conv_transpose, and the output size (see above)."""
@@ -391,8 +419,12 @@ class TCase:
 
 def t_cases(quick: bool) -> list[TCase]:
   b, m, c = (2, 8, 16) if quick else (8, 32, 64)
-  return [TCase(b, m, c, taps, 2, padding, flip)
-          for taps in (3, 4) for padding in ("SAME", "VALID") for flip in (False, True)]
+  return [
+    TCase(b, m, c, taps, 2, padding, flip)
+    for taps in (3, 4)
+    for padding in ("SAME", "VALID")
+    for flip in (False, True)
+  ]
 
 
 def t_fns(case: TCase, layout: str, x_shape: tuple[int, ...]) -> dict[str, Callable]:
@@ -401,14 +433,16 @@ def t_fns(case: TCase, layout: str, x_shape: tuple[int, ...]) -> dict[str, Calla
   swapped = rhs.translate(str.maketrans("OI", "IO"))
   pads, _ = case.lax_pads()
   strides = (case.strides,) * 2
-  kw = dict(flip=case.flip, strides=case.strides, padding=case.padding, layout=lhs,
-            kernel_layout=rhs)
+  kw = dict(
+    flip=case.flip, strides=case.strides, padding=case.padding, layout=lhs, kernel_layout=rhs
+  )
 
   def lax_tk(y, k):
     # transpose_kernel=True reverses and swaps O/I of the forward conv's kernel.
     kk = lax.rev(k, spatial) if case.flip else k
-    return lax.conv_transpose(y, kk, strides, pads, dimension_numbers=(lhs, rhs, lhs),
-                              transpose_kernel=True)
+    return lax.conv_transpose(
+      y, kk, strides, pads, dimension_numbers=(lhs, rhs, lhs), transpose_kernel=True
+    )
 
   def lax_min(y, k):
     # The same without the kernel copy: swap O/I by letters; the adjoint's reverse
@@ -420,8 +454,12 @@ def t_fns(case: TCase, layout: str, x_shape: tuple[int, ...]) -> dict[str, Calla
     fwd = lambda x: fc.conv(x, k, **kw)
     return jax.linear_transpose(fwd, jax.ShapeDtypeStruct(x_shape, y.dtype))(y)[0]
 
-  return {"lax.ct(tk)": lax_tk, "fc.ct": lambda y, k: fc.conv_transpose(y, k, **kw),
-          "lax.ct": lax_min, "lin.T": lin_t}
+  return {
+    "lax.ct(tk)": lax_tk,
+    "fc.ct": lambda y, k: fc.conv_transpose(y, k, **kw),
+    "lax.ct": lax_min,
+    "lin.T": lin_t,
+  }
 
 
 def run_t_case(case: TCase, layout: str, repeats: int) -> dict[str, object]:
@@ -432,9 +470,19 @@ def run_t_case(case: TCase, layout: str, repeats: int) -> dict[str, object]:
     y, k = y.transpose(0, 3, 1, 2), k.transpose(3, 2, 0, 1)
   y, k = jnp.asarray(np.ascontiguousarray(y)), jnp.asarray(np.ascontiguousarray(k))
   lhs, rhs = LAYOUTS[layout]
-  x_shape = jax.eval_shape(lambda a, b: fc.conv_transpose(
-      a, b, flip=case.flip, strides=case.strides, padding=case.padding, layout=lhs,
-      kernel_layout=rhs), y, k).shape
+  x_shape = jax.eval_shape(
+    lambda a, b: fc.conv_transpose(
+      a,
+      b,
+      flip=case.flip,
+      strides=case.strides,
+      padding=case.padding,
+      layout=lhs,
+      kernel_layout=rhs,
+    ),
+    y,
+    k,
+  ).shape
   _, n = case.lax_pads()
   assert x_shape[lhs.index("H")] == x_shape[lhs.index("W")] == n, (x_shape, n)
   fns = {name: jax.jit(f) for name, f in t_fns(case, layout, x_shape).items()}
@@ -446,43 +494,62 @@ def run_t_case(case: TCase, layout: str, repeats: int) -> dict[str, object]:
   # where the kernel is at least the stride).
   if case.padding == "SAME" or case.taps >= case.strides:
     kk = lax.rev(k, tuple(rhs.index(c) for c in "HW")) if case.flip else k
-    by_string = lax.conv_transpose(y, kk, (case.strides,) * 2, case.padding,
-                                   dimension_numbers=(lhs, rhs, lhs), transpose_kernel=True)
+    by_string = lax.conv_transpose(
+      y,
+      kk,
+      (case.strides,) * 2,
+      case.padding,
+      dimension_numbers=(lhs, rhs, lhs),
+      transpose_kernel=True,
+    )
     check(out["fc.ct"], by_string, f"{what}: fc.conv_transpose vs lax's {case.padding!r}")
   # And the adjoint identity <conv(x), y> == <x, conv_transpose(y)> on a random x.
   xr = jnp.asarray(rng.standard_normal(x_shape, np.float32))
-  fwd = fc.conv(xr, k, flip=case.flip, strides=case.strides, padding=case.padding, layout=lhs,
-                kernel_layout=rhs)
+  fwd = fc.conv(
+    xr, k, flip=case.flip, strides=case.strides, padding=case.padding, layout=lhs, kernel_layout=rhs
+  )
   lhs_dot, rhs_dot = float(jnp.vdot(fwd, y)), float(jnp.vdot(xr, out["fc.ct"]))
   # The two sums cancel a lot; their rounding scales with |conv(x)| |y|, not with the result.
   scale = float(jnp.linalg.norm(fwd) * jnp.linalg.norm(y))
-  np.testing.assert_allclose(lhs_dot, rhs_dot, rtol=0, atol=1e-5 * scale,
-                             err_msg=f"{what}: adjoint identity")
+  np.testing.assert_allclose(
+    lhs_dot, rhs_dot, rtol=0, atol=1e-5 * scale, err_msg=f"{what}: adjoint identity"
+  )
   text = {name: hlo(f, y, k) for name, f in fns.items()}
   times = timed({name: lambda f=f: f(y, k) for name, f in fns.items()}, repeats)
-  return {"case": case.name, "layout": layout, "times": times, "pads": case.lax_pads()[0][0],
-          "same": {name: text["fc.ct"] == text[name] for name in ("lax.ct(tk)", "lax.ct", "lin.T")},
-          "diff_tk": op_diff(text["fc.ct"], text["lax.ct(tk)"])}
+  return {
+    "case": case.name,
+    "layout": layout,
+    "times": times,
+    "pads": case.lax_pads()[0][0],
+    "same": {name: text["fc.ct"] == text[name] for name in ("lax.ct(tk)", "lax.ct", "lin.T")},
+    "diff_tk": op_diff(text["fc.ct"], text["lax.ct(tk)"]),
+  }
 
 
 def print_t_table(rows: list[dict[str, object]]) -> None:
   med = statistics.median
-  print("\n2. fc.conv_transpose vs lax.conv_transpose and jax.linear_transpose of fc.conv\n"
-        "   target: fc/lax.ct(tk) <= 1.02; pads: lax.conv_transpose's padding pair (both dims);"
-        " ==: optimised HLO equal\n")
-  print(f"{'case':38s}{'layout':>7s}{'pads':>7s}{'tk ms':>8s}{'spread':>8s}"
-        f"{'fc/lax.ct(tk)':>14s}{'fc/lax.ct':>10s}{'fc/lin.T':>9s}  {'==lax.ct(tk)':>12s}"
-        f" {'==lax.ct':>8s} {'==lin.T':>7s}")
+  print(
+    "\n2. fc.conv_transpose vs lax.conv_transpose and jax.linear_transpose of fc.conv\n"
+    "   target: fc/lax.ct(tk) <= 1.02; pads: lax.conv_transpose's padding pair (both dims);"
+    " ==: optimised HLO equal\n"
+  )
+  print(
+    f"{'case':38s}{'layout':>7s}{'pads':>7s}{'tk ms':>8s}{'spread':>8s}"
+    f"{'fc/lax.ct(tk)':>14s}{'fc/lax.ct':>10s}{'fc/lin.T':>9s}  {'==lax.ct(tk)':>12s}"
+    f" {'==lax.ct':>8s} {'==lin.T':>7s}"
+  )
   for row in rows:
     t = {name: med(ts) for name, ts in row["times"].items()}
     lo, hi = row["pads"]
     same = row["same"]
     diff = "" if same["lax.ct(tk)"] else f"  ops vs lax.ct(tk): {row['diff_tk']}"
-    print(f"{row['case']:38s}{row['layout']:>7s}{f'({lo},{hi})':>7s}"
-          f"{t['lax.ct(tk)'] * 1e3:8.2f} {pct(row['times']['lax.ct(tk)'])}"
-          f"{t['fc.ct'] / t['lax.ct(tk)']:14.3f}{t['fc.ct'] / t['lax.ct']:10.3f}"
-          f"{t['fc.ct'] / t['lin.T']:9.3f}  {YES[same['lax.ct(tk)']]:>12s}"
-          f" {YES[same['lax.ct']]:>8s} {YES[same['lin.T']]:>7s}{diff}")
+    print(
+      f"{row['case']:38s}{row['layout']:>7s}{f'({lo},{hi})':>7s}"
+      f"{t['lax.ct(tk)'] * 1e3:8.2f} {pct(row['times']['lax.ct(tk)'])}"
+      f"{t['fc.ct'] / t['lax.ct(tk)']:14.3f}{t['fc.ct'] / t['lax.ct']:10.3f}"
+      f"{t['fc.ct'] / t['lin.T']:9.3f}  {YES[same['lax.ct(tk)']]:>12s}"
+      f" {YES[same['lax.ct']]:>8s} {YES[same['lin.T']]:>7s}{diff}"
+    )
 
 
 def print_summary(op_rows: list[dict[str, object]], t_rows: list[dict[str, object]]) -> None:
@@ -494,19 +561,23 @@ def print_summary(op_rows: list[dict[str, object]], t_rows: list[dict[str, objec
   ever adds time). Geometric mean over the rows and [lowest, highest].
   """
   pairs = [  # label, rows, contender, baseline, whether a row's HLO is the same
-      ("correlate / lax", op_rows, "fc.corr", "lax", lambda row: row["corr_same"]),
-      ("convolve / (lax+rev)", op_rows, "fc.conv", "lax+rev", lambda row: row["conv_same"]),
-      ("convolve / lax (the reverse)", op_rows, "fc.conv", "lax", None),
-      *((f"conv_transpose / {b}", t_rows, "fc.ct", b, lambda row, b=b: row["same"][b])
-        for b in ("lax.ct(tk)", "lax.ct", "lin.T")),
+    ("correlate / lax", op_rows, "fc.corr", "lax", lambda row: row["corr_same"]),
+    ("convolve / (lax+rev)", op_rows, "fc.conv", "lax+rev", lambda row: row["conv_same"]),
+    ("convolve / lax (the reverse)", op_rows, "fc.conv", "lax", None),
+    *(
+      (f"conv_transpose / {b}", t_rows, "fc.ct", b, lambda row, b=b: row["same"][b])
+      for b in ("lax.ct(tk)", "lax.ct", "lin.T")
+    ),
   ]
   stats = {
-      "medians": lambda a, b: statistics.median(a) / statistics.median(b),
-      "paired": lambda a, b: statistics.median(x / y for x, y in zip(a, b, strict=True)),
-      "mins": lambda a, b: min(a) / min(b),
+    "medians": lambda a, b: statistics.median(a) / statistics.median(b),
+    "paired": lambda a, b: statistics.median(x / y for x, y in zip(a, b, strict=True)),
+    "mins": lambda a, b: min(a) / min(b),
   }
-  print("\nsummary: geometric mean over the rows [lowest .. highest]; HLO: rows whose "
-        "optimised HLO is identical\n")
+  print(
+    "\nsummary: geometric mean over the rows [lowest .. highest]; HLO: rows whose "
+    "optimised HLO is identical\n"
+  )
   print(f"{'ratio':30s}{'rows':>5s}{'HLO':>5s}" + "".join(f"{k:>22s}" for k in stats))
   for label, rows, a, b, same in pairs:
     cells = ""
@@ -526,26 +597,33 @@ def main(argv: list[str] | None = None) -> None:
   if args.repeats is None:
     args.repeats = 3 if args.quick else 15
   cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  print(f"jax {jax.__version__}, backend {jax.default_backend()} "
-        f"({jax.devices()[0].device_kind}), {cpus} CPUs usable of {os.cpu_count()}, "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, repeats {args.repeats}", flush=True)
+  print(
+    f"jax {jax.__version__}, backend {jax.default_backend()} "
+    f"({jax.devices()[0].device_kind}), {cpus} CPUs usable of {os.cpu_count()}, "
+    f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, repeats {args.repeats}",
+    flush=True,
+  )
   start = time.perf_counter()
   op_rows = []
   for case in op_cases(args.quick):
     for layout in LAYOUTS:
       t0 = time.perf_counter()
       op_rows += run_op_case(case, layout, args.repeats)
-      print(f"  {case.name} {layout}: {time.perf_counter() - t0:.0f} s", file=sys.stderr,
-            flush=True)
+      print(
+        f"  {case.name} {layout}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True
+      )
   t_rows = []
   for case in t_cases(args.quick):
     for layout in LAYOUTS:
       t0 = time.perf_counter()
       t_rows.append(run_t_case(case, layout, args.repeats))
-      print(f"  {case.name} {layout}: {time.perf_counter() - t0:.0f} s", file=sys.stderr,
-            flush=True)
-  print("all contenders agreed before timing (assert_allclose, rtol 1e-4; conv_transpose also "
-        "with lax's string padding and in <conv(x), y> == <x, conv_transpose(y)>).")
+      print(
+        f"  {case.name} {layout}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True
+      )
+  print(
+    "all contenders agreed before timing (assert_allclose, rtol 1e-4; conv_transpose also "
+    "with lax's string padding and in <conv(x), y> == <x, conv_transpose(y)>)."
+  )
   print_op_table(op_rows)
   print_t_table(t_rows)
   print_summary(op_rows, t_rows)

@@ -79,12 +79,15 @@ def timed(fn) -> float:
 def child_peak_rss(args: list[str]) -> tuple[float, float]:
   """(wall seconds, peak RSS in MB) of `flipconv ARGS` in a fresh process."""
   # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent.
-  code = ("import sys\nfrom flipconv.cli import main\nrc = main(sys.argv[1:])\n"
-          "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0]\n"
-          "print('PEAK_KB', hwm.split()[1], file=sys.stderr)\nsys.exit(rc)")
+  code = (
+    "import sys\nfrom flipconv.cli import main\nrc = main(sys.argv[1:])\n"
+    "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0]\n"
+    "print('PEAK_KB', hwm.split()[1], file=sys.stderr)\nsys.exit(rc)"
+  )
   t0 = time.perf_counter()
-  r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                     check=True)
+  r = subprocess.run(
+    [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True
+  )
   wall = time.perf_counter() - t0
   kb = int(next(ln.split()[1] for ln in r.stderr.splitlines() if ln.startswith("PEAK_KB")))
   return wall, kb / 1024
@@ -102,16 +105,19 @@ def main() -> None:
   kernels = [sd[c.path.replace("/", ".")] for c in plan]
   k_bytes = sum(k.nbytes for k in kernels)
   n_params = sum(v.size for v in sd.values())
-  print(f"tree: {len(sd)} arrays, {n_params / 1e6:.1f}M parameters, "
-        f"{sum(v.nbytes for v in sd.values()) / 1e6:.0f} MB; {len(plan)} kernels converted "
-        f"({k_bytes / 1e6:.0f} MB, largest {max(k.nbytes for k in kernels) / 1e6:.1f} MB)")
+  print(
+    f"tree: {len(sd)} arrays, {n_params / 1e6:.1f}M parameters, "
+    f"{sum(v.nbytes for v in sd.values()) / 1e6:.0f} MB; {len(plan)} kernels converted "
+    f"({k_bytes / 1e6:.0f} MB, largest {max(k.nbytes for k in kernels) / 1e6:.1f} MB)"
+  )
 
   perms = {id(k): c.permutation for k, c in zip(kernels, plan, strict=True)}
   cases = {
-      "np.copy (baseline)": lambda: [np.copy(k) for k in kernels],
-      "fc.convert_params": lambda: fc.convert_params(sd, "pytorch", "flax"),
-      "np.ascontiguousarray(transpose)": lambda: [
-          np.ascontiguousarray(k.transpose(perms[id(k)])) for k in kernels],
+    "np.copy (baseline)": lambda: [np.copy(k) for k in kernels],
+    "fc.convert_params": lambda: fc.convert_params(sd, "pytorch", "flax"),
+    "np.ascontiguousarray(transpose)": lambda: [
+      np.ascontiguousarray(k.transpose(perms[id(k)])) for k in kernels
+    ],
   }
   times: dict[str, list[float]] = {name: [] for name in cases}
   for fn in cases.values():  # warm-up
@@ -123,8 +129,10 @@ def main() -> None:
   print(f"\nthroughput over the kernels' bytes (median of {args.repeats}, interleaved):")
   for name, ts in times.items():
     t = statistics.median(ts)
-    print(f"  {name:34s} {k_bytes / t / 1e9:6.2f} GB/s  {t * 1e3:7.1f} ms  "
-          f"ratio to copy {base / t:4.2f}")
+    print(
+      f"  {name:34s} {k_bytes / t / 1e9:6.2f} GB/s  {t * 1e3:7.1f} ms  "
+      f"ratio to copy {base / t:4.2f}"
+    )
 
   tracemalloc.start()
   out = fc.convert_params(sd, "pytorch", "flax")
@@ -132,8 +140,10 @@ def main() -> None:
   tracemalloc.stop()
   out_bytes = sum(out[k].nbytes for k in out if out[k] is not sd[k])
   del out
-  print(f"\nconvert_params memory (tracemalloc): peak {peak / 1e6:.0f} MB = its output "
-        f"{out_bytes / 1e6:.0f} MB + {(peak - out_bytes) / 1e6:.1f} MB transient")
+  print(
+    f"\nconvert_params memory (tracemalloc): peak {peak / 1e6:.0f} MB = its output "
+    f"{out_bytes / 1e6:.0f} MB + {(peak - out_bytes) / 1e6:.1f} MB transient"
+  )
 
   with tempfile.TemporaryDirectory() as tmp:
     src, dst = os.path.join(tmp, "resnet.safetensors"), os.path.join(tmp, "flax.safetensors")
@@ -148,11 +158,13 @@ def main() -> None:
       walls.append(wall)
       peaks.append(rss)
     largest = max(v.nbytes for v in sd.values())
-    print(f"\nflipconv convert ({size / 1e6:.0f} MB .safetensors, largest tensor "
-          f"{largest / 1e6:.1f} MB): wall {statistics.median(walls):.2f} s (process start and "
-          f"imports included); peak RSS {statistics.median(peaks):.0f} MB vs "
-          f"{base_rss:.0f} MB for `flipconv inspect` (header only): "
-          f"+{statistics.median(peaks) - base_rss:.0f} MB for the conversion")
+    print(
+      f"\nflipconv convert ({size / 1e6:.0f} MB .safetensors, largest tensor "
+      f"{largest / 1e6:.1f} MB): wall {statistics.median(walls):.2f} s (process start and "
+      f"imports included); peak RSS {statistics.median(peaks):.0f} MB vs "
+      f"{base_rss:.0f} MB for `flipconv inspect` (header only): "
+      f"+{statistics.median(peaks) - base_rss:.0f} MB for the conversion"
+    )
 
 
 if __name__ == "__main__":

@@ -31,16 +31,26 @@ COLLECTIVES = ("all-gather", "all-to-all", "collective-permute", "all-reduce")
 
 def step_fns(flip: bool, padding, strides):
   def fc_loss(k, x):
-    return jnp.sum(fc.conv(x, k, flip=flip, layout="NCHW", kernel_layout="OIHW",
-                           padding=padding, strides=strides) ** 2)
+    return jnp.sum(
+      fc.conv(
+        x, k, flip=flip, layout="NCHW", kernel_layout="OIHW", padding=padding, strides=strides
+      )
+      ** 2
+    )
 
   def lax_loss(k, x):
     kk = lax.rev(k, (2, 3)) if flip else k
-    return jnp.sum(lax.conv_general_dilated(
-        x, kk, (strides, strides), padding, dimension_numbers=("NCHW", "OIHW", "NCHW")) ** 2)
+    return jnp.sum(
+      lax.conv_general_dilated(
+        x, kk, (strides, strides), padding, dimension_numbers=("NCHW", "OIHW", "NCHW")
+      )
+      ** 2
+    )
 
-  return (jax.jit(jax.value_and_grad(fc_loss, argnums=(0, 1))),
-          jax.jit(jax.value_and_grad(lax_loss, argnums=(0, 1))))
+  return (
+    jax.jit(jax.value_and_grad(fc_loss, argnums=(0, 1))),
+    jax.jit(jax.value_and_grad(lax_loss, argnums=(0, 1))),
+  )
 
 
 def found(fn, *args):
@@ -55,9 +65,9 @@ def main() -> None:
   mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
   rng = np.random.default_rng(0)
   cases = [
-      ("16x32x32x32 3x3 SAME", (16, 32, 32, 32), (64, 32, 3, 3), "SAME", 1),
-      ("16x16x64x64 5x5 SAME s2", (16, 16, 64, 64), (32, 16, 5, 5), "SAME", 2),
-      ("8x64x16x16 3x3 VALID", (8, 64, 16, 16), (64, 64, 3, 3), "VALID", 1),
+    ("16x32x32x32 3x3 SAME", (16, 32, 32, 32), (64, 32, 3, 3), "SAME", 1),
+    ("16x16x64x64 5x5 SAME s2", (16, 16, 64, 64), (32, 16, 5, 5), "SAME", 2),
+    ("8x64x16x16 3x3 VALID", (8, 64, 16, 16), (64, 64, 3, 3), "VALID", 1),
   ]
   print(f"devices: {len(jax.devices())} x {jax.devices()[0].platform}, mesh data=4 x model=2")
   print(f"{'case':28} {'flip':5} {'fc ms':>8} {'lax ms':>8} {'ratio':>6}  collectives fc | lax")
@@ -75,8 +85,10 @@ def main() -> None:
           jax.block_until_ready(f(k, x))
           acc.append(time.perf_counter() - t0)
       a, b = statistics.median(t_fc) * 1e3, statistics.median(t_lax) * 1e3
-      print(f"{name:28} {flip!s:5} {a:8.2f} {b:8.2f} {a / b:6.3f}  "
-            f"{found(f_fc, k, x)} | {found(f_lax, k, x)}")
+      print(
+        f"{name:28} {flip!s:5} {a:8.2f} {b:8.2f} {a / b:6.3f}  "
+        f"{found(f_fc, k, x)} | {found(f_lax, k, x)}"
+      )
 
 
 if __name__ == "__main__":

@@ -58,10 +58,18 @@ def lasagne_conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int) -> np.
   channel pair with SciPy, in float64.
   """
   x = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-  return np.stack([
-      np.stack([sum(scipy.signal.convolve2d(x[n, i], w[o, i], mode="valid")
-                    for i in range(x.shape[1])) + b[o] for o in range(w.shape[0])])
-      for n in range(x.shape[0])])
+  return np.stack(
+    [
+      np.stack(
+        [
+          sum(scipy.signal.convolve2d(x[n, i], w[o, i], mode="valid") for i in range(x.shape[1]))
+          + b[o]
+          for o in range(w.shape[0])
+        ]
+      )
+      for n in range(x.shape[0])
+    ]
+  )
 
 
 def run_lasagne_convention(x, w, b, padding) -> np.ndarray:
@@ -75,8 +83,7 @@ def run_flax(x, kernel_hwio, b, padding) -> np.ndarray:
   """flax.linen.Conv (NHWC in, NHWC out) with a given HWIO kernel; returned as NCHW."""
   k = kernel_hwio.shape[0]
   layer = nn.Conv(C_OUT, (k, k), padding=padding)
-  y = jax.jit(layer.apply)({"params": {"kernel": kernel_hwio, "bias": b}},
-                           x.transpose(0, 2, 3, 1))
+  y = jax.jit(layer.apply)({"params": {"kernel": kernel_hwio, "bias": b}}, x.transpose(0, 2, 3, 1))
   return np.asarray(y).transpose(0, 3, 1, 2)
 
 
@@ -101,18 +108,29 @@ def _main(argv: list[str] | None) -> int:
   del argv  # no options
   rng = np.random.default_rng(0)
   x = rng.standard_normal((N, C_IN, SIZE, SIZE)).astype(np.float32)  # NCHW
-  weights = {k: (rng.standard_normal((C_OUT, C_IN, k, k)).astype(np.float32),  # OIHW
-                 rng.standard_normal(C_OUT).astype(np.float32)) for k in (3, 4)}
+  weights = {
+    k: (
+      rng.standard_normal((C_OUT, C_IN, k, k)).astype(np.float32),  # OIHW
+      rng.standard_normal(C_OUT).astype(np.float32),
+    )
+    for k in (3, 4)
+  }
   checks: list[bool] = []
 
   # (filter size, Lasagne's pad, flipconv padding, Flax padding): pad=k//2 is 'same' for 3x3
   # (Lasagne refuses pad='same' for even sizes) and Theano's 'half' for both.
-  cases = [(3, "valid", 0, "VALID", "VALID"), (3, "'same'", 1, "HALF", ((1, 1), (1, 1))),
-           (4, "valid", 0, "VALID", "VALID"), (4, "2 (half)", 2, "HALF", ((2, 2), (2, 2)))]
+  cases = [
+    (3, "valid", 0, "VALID", "VALID"),
+    (3, "'same'", 1, "HALF", ((1, 1), (1, 1))),
+    (4, "valid", 0, "VALID", "VALID"),
+    (4, "2 (half)", 2, "HALF", ((2, 2), (2, 2))),
+  ]
   print(f"Lasagne Conv2DLayer(flip_filters=True) weights, input x {x.shape} (NCHW).")
   print("Relative error (max |y - original| / max |original|) of each way to load them:\n")
-  print(f"  {'W':14s} {'pad':10s} {'output':14s} {'1. fc.linen':>12s} {'2. converted':>13s} "
-        f"{'3. no flip':>11s}")
+  print(
+    f"  {'W':14s} {'pad':10s} {'output':14s} {'1. fc.linen':>12s} {'2. converted':>13s} "
+    f"{'3. no flip':>11s}"
+  )
   results = []
   for k, pad_name, pad, fc_padding, flax_padding in cases:
     w, b = weights[k]
@@ -123,46 +141,83 @@ def _main(argv: list[str] | None) -> int:
     same_shapes = y1.shape == y2.shape == y3.shape == original.shape
     errors = [rel_err(y, original) for y in (y1, y2, y3)]
     results.append((f"{k}x{k}, pad={pad_name}", same_shapes, errors))
-    print(f"  {w.shape!s:14s} {pad_name:10s} {original.shape!s:14s} {errors[0]:12.1e} "
-          f"{errors[1]:13.1e} {errors[2]:11.2f}")
+    print(
+      f"  {w.shape!s:14s} {pad_name:10s} {original.shape!s:14s} {errors[0]:12.1e} "
+      f"{errors[1]:13.1e} {errors[2]:11.2f}"
+    )
   print("\nChecks:")
   for what, same_shapes, (e1, e2, e3) in results:
-    check(checks, same_shapes and e1 < TOL,
-          f"{what}: fc.linen.Conv(convention='lasagne') with W unchanged == the original")
-    check(checks, same_shapes and e2 < TOL,
-          f"{what}: flax.linen.Conv with fc.convert_kernel(W, 'lasagne', 'flax') == the original")
-    check(checks, e3 > 0.1,
-          f"{what}: flax.linen.Conv with W only transposed (no flip) is wrong "
-          f"(relative error {e3:.2f})")
+    check(
+      checks,
+      same_shapes and e1 < TOL,
+      f"{what}: fc.linen.Conv(convention='lasagne') with W unchanged == the original",
+    )
+    check(
+      checks,
+      same_shapes and e2 < TOL,
+      f"{what}: flax.linen.Conv with fc.convert_kernel(W, 'lasagne', 'flax') == the original",
+    )
+    check(
+      checks,
+      e3 > 0.1,
+      f"{what}: flax.linen.Conv with W only transposed (no flip) is wrong "
+      f"(relative error {e3:.2f})",
+    )
 
   print("\nThe one-pixel shift of an even (4x4) kernel, padded k // 2 = 2 on both sides:")
   w, b = weights[4]
   half = run_lasagne_convention(x, w, b, "HALF")  # Theano 'half' = Lasagne pad=2
   same = run_lasagne_convention(x, w, b, "SAME")  # Flax/TF/lax SAME: pads (1, 2)
   same_lower = run_lasagne_convention(x, w, b, "SAME_LOWER")  # ONNX SAME_LOWER: pads (2, 1)
-  print(f"  input {SIZE}x{SIZE} -> 'HALF' {half.shape[-2]}x{half.shape[-1]} (one larger), "
-        f"'SAME' {same.shape[-2]}x{same.shape[-1]}")
-  print(f"  'SAME' vs 'HALF' without its first row and column:  relative error "
-        f"{rel_err(same, half[..., 1:, 1:]):.1e}")
-  print(f"  'SAME_LOWER' vs 'HALF' without its last row and column: relative error "
-        f"{rel_err(same_lower, half[..., :-1, :-1]):.1e}")
-  print(f"  'SAME' vs 'HALF' without its last row and column (the wrong crop): relative error "
-        f"{rel_err(same, half[..., :-1, :-1]):.2f}")
-  check(checks, half.shape[-2:] == (SIZE + 1, SIZE + 1),
-        "an even kernel with Theano's 'half' padding gives an output one larger than the input")
-  check(checks, rel_err(half, lasagne_conv2d(x, w, b, 2)) < TOL,
-        "that output is the original Lasagne layer's (pad=2)")
-  check(checks, rel_err(same, half[..., 1:, 1:]) < TOL,
-        "'SAME' (extra zero at the end) == 'HALF' output without its first row and column")
-  check(checks, rel_err(same_lower, half[..., :-1, :-1]) < TOL,
-        "'SAME_LOWER' (extra zero at the start) == 'HALF' output without its last row and column")
-  check(checks, rel_err(same, half[..., :-1, :-1]) > 0.1,
-        "so 'SAME' is the 'HALF' output shifted by one pixel, not the same output cropped")
+  print(
+    f"  input {SIZE}x{SIZE} -> 'HALF' {half.shape[-2]}x{half.shape[-1]} (one larger), "
+    f"'SAME' {same.shape[-2]}x{same.shape[-1]}"
+  )
+  print(
+    f"  'SAME' vs 'HALF' without its first row and column:  relative error "
+    f"{rel_err(same, half[..., 1:, 1:]):.1e}"
+  )
+  print(
+    f"  'SAME_LOWER' vs 'HALF' without its last row and column: relative error "
+    f"{rel_err(same_lower, half[..., :-1, :-1]):.1e}"
+  )
+  print(
+    f"  'SAME' vs 'HALF' without its last row and column (the wrong crop): relative error "
+    f"{rel_err(same, half[..., :-1, :-1]):.2f}"
+  )
+  check(
+    checks,
+    half.shape[-2:] == (SIZE + 1, SIZE + 1),
+    "an even kernel with Theano's 'half' padding gives an output one larger than the input",
+  )
+  check(
+    checks,
+    rel_err(half, lasagne_conv2d(x, w, b, 2)) < TOL,
+    "that output is the original Lasagne layer's (pad=2)",
+  )
+  check(
+    checks,
+    rel_err(same, half[..., 1:, 1:]) < TOL,
+    "'SAME' (extra zero at the end) == 'HALF' output without its first row and column",
+  )
+  check(
+    checks,
+    rel_err(same_lower, half[..., :-1, :-1]) < TOL,
+    "'SAME_LOWER' (extra zero at the start) == 'HALF' output without its last row and column",
+  )
+  check(
+    checks,
+    rel_err(same, half[..., :-1, :-1]) > 0.1,
+    "so 'SAME' is the 'HALF' output shifted by one pixel, not the same output cropped",
+  )
 
   # The same for Lasagne's W in Flax: converted kernel, explicit padding (2, 2) is exact.
   flax_same = run_flax(x, fc.convert_kernel(w, "lasagne", "flax"), b, "SAME")
-  check(checks, rel_err(flax_same, half[..., 1:, 1:]) < TOL,
-        "flax.linen.Conv(padding='SAME') with the converted 4x4 kernel: the same one-pixel shift")
+  check(
+    checks,
+    rel_err(flax_same, half[..., 1:, 1:]) < TOL,
+    "flax.linen.Conv(padding='SAME') with the converted 4x4 kernel: the same one-pixel shift",
+  )
   ok = all(checks)
   print("All checks held." if ok else "Some checks FAILED.")
   return 0 if ok else 1

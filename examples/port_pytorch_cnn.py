@@ -83,8 +83,7 @@ class FlaxNet(nn.Module):
     x = nn.relu(nn.Conv(16, (3, 3), strides=2, padding=1, name="down")(x))
     # Flax pads the stride-dilated input: PyTorch's (k=3, padding=1, output_padding=1)
     # is (k - 1 - padding, k - 1 - padding + output_padding) = (1, 2) there.
-    x = nn.relu(nn.ConvTranspose(C_UP, (3, 3), strides=2, padding=((1, 2), (1, 2)),
-                                 name="up")(x))
+    x = nn.relu(nn.ConvTranspose(C_UP, (3, 3), strides=2, padding=((1, 2), (1, 2)), name="up")(x))
     return nn.Dense(N_CLASSES, name="head")(x.reshape(x.shape[0], -1))  # flattens (H, W, C)
 
 
@@ -98,8 +97,11 @@ class PortedNet(nn.Module):
     x = nn.relu(conv(8, (3, 3), padding=1, feature_group_count=8, name="depthwise")(x))
     x = nn.relu(conv(16, (3, 3), strides=2, padding=1, name="down")(x))
     # PyTorch's own numbers: padding is the forward conv's, as in torch.
-    x = nn.relu(fc.linen.ConvTranspose(C_UP, (3, 3), strides=2, padding=1, output_padding=1,
-                                       convention="pytorch", name="up")(x))
+    x = nn.relu(
+      fc.linen.ConvTranspose(
+        C_UP, (3, 3), strides=2, padding=1, output_padding=1, convention="pytorch", name="up"
+      )(x)
+    )
     x = x.reshape(x.shape[0], -1)  # NCHW: flattens (C, H, W), like torch
     # nn.Linear's weight is (out, in): an Einsum holds it unchanged.
     return nn.Einsum((N_CLASSES, C_UP * H * W), "ni,oi->no", name="head")(x)
@@ -162,8 +164,7 @@ def _main(argv: list[str] | None) -> int:
 
   # The same conversion in memory: the file holds exactly what convert_params returns.
   in_memory = fc.convert_params(sd, "pytorch", "flax", select=SELECT)
-  same_as_file = flat.keys() == sd.keys() and all(
-      np.array_equal(flat[k], in_memory[k]) for k in sd)
+  same_as_file = flat.keys() == sd.keys() and all(np.array_equal(flat[k], in_memory[k]) for k in sd)
 
   params = fc.nest_params(flat)  # {"conv1": {"kernel": HWIO, "bias": ...}, ...}
   x_nhwc = x.transpose(0, 2, 3, 1)
@@ -171,18 +172,24 @@ def _main(argv: list[str] | None) -> int:
   y_naive = flax_net({"params": params}, x_nhwc)
   # The flatten trap: the head's inputs are a (C, H, W) flatten in torch, (H, W, C) here.
   params["head"]["kernel"] = fc.convert_linear_kernel(
-      sd["head.weight"], "pytorch", "flax", feature_shape=(C_UP, H, W))
+    sd["head.weight"], "pytorch", "flax", feature_shape=(C_UP, H, W)
+  )
   y_flax = flax_net({"params": params}, x_nhwc)
-  print(f"  head converted as a plain dense kernel (OI -> IO only): relative error "
-        f"{rel_err(y_naive, y_torch):.2f}  <- the NCHW vs NHWC flatten trap")
-  print(f"  head converted with feature_shape=(C, H, W) = {(C_UP, H, W)}: relative error "
-        f"{rel_err(y_flax, y_torch):.1e}")
+  print(
+    f"  head converted as a plain dense kernel (OI -> IO only): relative error "
+    f"{rel_err(y_naive, y_torch):.2f}  <- the NCHW vs NHWC flatten trap"
+  )
+  print(
+    f"  head converted with feature_shape=(C, H, W) = {(C_UP, H, W)}: relative error "
+    f"{rel_err(y_flax, y_torch):.1e}"
+  )
 
   print("\n(b) PyTorch's weights unchanged in fc.linen layers with convention='pytorch'")
   ported = fc.nest_params(sd)  # only the names change: {"conv1": {"kernel": OIHW, ...}}
   # The model's own params, shapes only (eval_shape: nothing is initialised or compiled).
   shapes_as_init = jax.tree_util.tree_map(
-      lambda a: a.shape, jax.eval_shape(PortedNet().init, jax.random.key(0), x)["params"])
+    lambda a: a.shape, jax.eval_shape(PortedNet().init, jax.random.key(0), x)["params"]
+  )
   shapes_ok = jax.tree_util.tree_map(lambda a: a.shape, ported) == shapes_as_init
   y_ported = jax.jit(PortedNet().apply)({"params": ported}, x)
   kernels = ", ".join(f"{m} {p['kernel'].shape}" for m, p in ported.items())
@@ -190,19 +197,32 @@ def _main(argv: list[str] | None) -> int:
   print(f"  relative error against torch: {rel_err(y_ported, y_torch):.1e}")
 
   print("\nChecks:")
-  check(checks, same_as_file,
-        "the CLI's file holds exactly what fc.convert_params returns (same names, same arrays)")
-  check(checks, rel_err(y_naive, y_torch) > 0.1,
-        "without feature_shape, the converted head gives wrong logits (the flatten trap)")
-  check(checks, rel_err(y_flax, y_torch) < TOL,
-        f"torch == flax.linen with converted weights (relative error < {TOL:g})")
-  check(checks, shapes_ok,
-        "PyTorch's state_dict has exactly the shapes of the fc.linen model's own params")
-  check(checks, rel_err(y_ported, y_torch) < TOL,
-        f"torch == fc.linen convention='pytorch' with unchanged weights (relative error < "
-        f"{TOL:g})")
-  check(checks, rel_err(y_ported, y_flax) < TOL,
-        f"both JAX ports agree (relative error < {TOL:g})")
+  check(
+    checks,
+    same_as_file,
+    "the CLI's file holds exactly what fc.convert_params returns (same names, same arrays)",
+  )
+  check(
+    checks,
+    rel_err(y_naive, y_torch) > 0.1,
+    "without feature_shape, the converted head gives wrong logits (the flatten trap)",
+  )
+  check(
+    checks,
+    rel_err(y_flax, y_torch) < TOL,
+    f"torch == flax.linen with converted weights (relative error < {TOL:g})",
+  )
+  check(
+    checks,
+    shapes_ok,
+    "PyTorch's state_dict has exactly the shapes of the fc.linen model's own params",
+  )
+  check(
+    checks,
+    rel_err(y_ported, y_torch) < TOL,
+    f"torch == fc.linen convention='pytorch' with unchanged weights (relative error < {TOL:g})",
+  )
+  check(checks, rel_err(y_ported, y_flax) < TOL, f"both JAX ports agree (relative error < {TOL:g})")
   ok = all(checks)
   print("All checks held." if ok else "Some checks FAILED.")
   return 0 if ok else 1

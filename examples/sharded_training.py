@@ -74,16 +74,34 @@ class CNN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     bias_on_model = nn.with_partitioning(nn.initializers.zeros_init(), ("model",))
-    x = fc.linen.Conv(16, (3, 3), padding=1, convention="pytorch", name="conv1",
-                      kernel_init=partitioned(("model", None, None, None)),
-                      bias_init=bias_on_model)(x)
+    x = fc.linen.Conv(
+      16,
+      (3, 3),
+      padding=1,
+      convention="pytorch",
+      name="conv1",
+      kernel_init=partitioned(("model", None, None, None)),
+      bias_init=bias_on_model,
+    )(x)
     x = nn.relu(x)
-    x = fc.linen.Conv(16, (3, 3), strides=2, padding=1, convention="pytorch", name="conv2",
-                      kernel_init=partitioned((None, "model", None, None)))(x)
+    x = fc.linen.Conv(
+      16,
+      (3, 3),
+      strides=2,
+      padding=1,
+      convention="pytorch",
+      name="conv2",
+      kernel_init=partitioned((None, "model", None, None)),
+    )(x)
     x = nn.relu(x)
-    x = fc.linen.Conv(CLASSES, (1, 1), convention="pytorch", name="head",
-                      kernel_init=partitioned(("model", None, None, None)),
-                      bias_init=bias_on_model)(x)
+    x = fc.linen.Conv(
+      CLASSES,
+      (1, 1),
+      convention="pytorch",
+      name="head",
+      kernel_init=partitioned(("model", None, None, None)),
+      bias_init=bias_on_model,
+    )(x)
     return x.mean(axis=(2, 3))  # global average pool: (N, classes)
 
 
@@ -123,19 +141,25 @@ def _main(argv: list[str] | None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=4, help="SGD steps (default 4)")
   parser.add_argument(
-      "--rng-impl", default=None, choices=("threefry2x32", "rbg"),
-      help="PRNG of the init key (default: JAX's, threefry2x32). 'rbg' (XLA's RngBitGenerator) "
-           "compiles the init in a fraction of the time on CPU and, as JAX documents, gives "
-           "the same numbers whatever the sharding; each device draws whole arrays, which is "
-           "fine for a small model.")
+    "--rng-impl",
+    default=None,
+    choices=("threefry2x32", "rbg"),
+    help="PRNG of the init key (default: JAX's, threefry2x32). 'rbg' (XLA's RngBitGenerator) "
+    "compiles the init in a fraction of the time on CPU and, as JAX documents, gives "
+    "the same numbers whatever the sharding; each device draws whole arrays, which is "
+    "fine for a small model.",
+  )
   args = parser.parse_args(argv)
   n_devices = MESH_SHAPE["data"] * MESH_SHAPE["model"]
   if len(jax.devices()) < n_devices:
-    print(f"needs {n_devices} devices, found {len(jax.devices())}: run with "
-          f"XLA_FLAGS={_DEVICES_FLAG} (set before JAX is imported)")
+    print(
+      f"needs {n_devices} devices, found {len(jax.devices())}: run with "
+      f"XLA_FLAGS={_DEVICES_FLAG} (set before JAX is imported)"
+    )
     return 1
-  mesh = Mesh(np.array(jax.devices()[:n_devices]).reshape(tuple(MESH_SHAPE.values())),
-              tuple(MESH_SHAPE))
+  mesh = Mesh(
+    np.array(jax.devices()[:n_devices]).reshape(tuple(MESH_SHAPE.values())), tuple(MESH_SHAPE)
+  )
   rng = np.random.default_rng(0)
   x_np = rng.standard_normal((BATCH, C_IN, SIZE, SIZE)).astype(np.float32)  # NCHW
   labels_np = rng.integers(0, CLASSES, BATCH).astype(np.int32)
@@ -152,24 +176,37 @@ def _main(argv: list[str] | None) -> int:
   params, param_shardings = nn.unbox(variables)["params"], shardings["params"]
   names = nn.get_partition_spec(abstract)["params"]
 
-  print(f"mesh {dict(mesh.shape)} of {len(mesh.devices.flat)} {jax.devices()[0].platform} "
-        "devices; parameters (PyTorch layouts: OIHW kernels):")
+  print(
+    f"mesh {dict(mesh.shape)} of {len(mesh.devices.flat)} {jax.devices()[0].platform} "
+    "devices; parameters (PyTorch layouts: OIHW kernels):"
+  )
   leaves = jax.tree_util.tree_leaves_with_path(params)
   for path, p in leaves:
     shard = p.addressable_shards[0].data.shape
     print(f"  {path_str(path):14s} {p.shape!s:16s} {p.sharding.spec!s:34s} per device {shard}")
   wanted = jax.tree_util.tree_leaves(names, is_leaf=lambda v: isinstance(v, P))
-  check(checks, all(p.sharding.is_equivalent_to(NamedSharding(mesh, spec), p.ndim)
-                    for (_, p), spec in zip(leaves, wanted, strict=True)),
-        "every parameter is sharded as its nn.with_partitioning names say")
+  check(
+    checks,
+    all(
+      p.sharding.is_equivalent_to(NamedSharding(mesh, spec), p.ndim)
+      for (_, p), spec in zip(leaves, wanted, strict=True)
+    ),
+    "every parameter is sharded as its nn.with_partitioning names say",
+  )
 
   x_sharding = NamedSharding(mesh, P("data", None, None, None))
   labels_sharding = NamedSharding(mesh, P("data"))
   x = jax.device_put(x_np, x_sharding)
   labels = jax.device_put(labels_np, labels_sharding)
-  step = jax.jit(train_step, in_shardings=(param_shardings, x_sharding, labels_sharding),
-                 out_shardings=(param_shardings, NamedSharding(mesh, P()))
-                 ).lower(params, x, labels).compile()
+  step = (
+    jax.jit(
+      train_step,
+      in_shardings=(param_shardings, x_sharding, labels_sharding),
+      out_shardings=(param_shardings, NamedSharding(mesh, P())),
+    )
+    .lower(params, x, labels)
+    .compile()
+  )
   collectives = found_collectives(step)
   print(f"\ncollectives in the compiled sharded step: {', '.join(collectives) or 'none'}")
 
@@ -190,19 +227,37 @@ def _main(argv: list[str] | None) -> int:
     print(f"  {i:4d} {a:14.7f} {b:14.7f} {abs(a - b) / abs(b):10.1e}")
 
   print("\nChecks:")
-  check(checks, np.allclose(losses, losses_1, rtol=LOSS_RTOL, atol=0),
-        f"the sharded losses equal the single-device losses (rtol {LOSS_RTOL:g})")
+  check(
+    checks,
+    np.allclose(losses, losses_1, rtol=LOSS_RTOL, atol=0),
+    f"the sharded losses equal the single-device losses (rtol {LOSS_RTOL:g})",
+  )
   close = jax.tree.map(
-      lambda a, b: np.allclose(np.asarray(a), np.asarray(b), rtol=PARAM_RTOL, atol=PARAM_ATOL),
-      params, params_1)
-  check(checks, all(jax.tree_util.tree_leaves(close)),
-        f"so do the trained parameters (rtol {PARAM_RTOL:g}, atol {PARAM_ATOL:g})")
-  check(checks, all(p.sharding.is_equivalent_to(s, p.ndim) for p, s in zip(
-      jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(param_shardings),
-      strict=True)), "the trained parameters keep their shardings")
-  check(checks, collectives == ["all-reduce"],
-        "the step communicates by all-reduce only (the gradient sum over 'data', conv2's "
-        "partial sums over 'model'): no gather of activations or weights")
+    lambda a, b: np.allclose(np.asarray(a), np.asarray(b), rtol=PARAM_RTOL, atol=PARAM_ATOL),
+    params,
+    params_1,
+  )
+  check(
+    checks,
+    all(jax.tree_util.tree_leaves(close)),
+    f"so do the trained parameters (rtol {PARAM_RTOL:g}, atol {PARAM_ATOL:g})",
+  )
+  check(
+    checks,
+    all(
+      p.sharding.is_equivalent_to(s, p.ndim)
+      for p, s in zip(
+        jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(param_shardings), strict=True
+      )
+    ),
+    "the trained parameters keep their shardings",
+  )
+  check(
+    checks,
+    collectives == ["all-reduce"],
+    "the step communicates by all-reduce only (the gradient sum over 'data', conv2's "
+    "partial sums over 'model'): no gather of activations or weights",
+  )
   check(checks, losses[-1] < losses[0], "the loss went down")
   ok = all(checks)
   print("All checks held." if ok else "Some checks FAILED.")

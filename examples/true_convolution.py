@@ -52,7 +52,7 @@ def synthetic_image(size: int = SIZE) -> np.ndarray:
   """A square and a disc on a dark background (float32, values in [0, 1])."""
   yy, xx = np.mgrid[:size, :size]
   image = np.zeros((size, size), np.float32)
-  image[size // 6:size // 2, size // 6:size // 2] = 1.0  # square, top left
+  image[size // 6 : size // 2, size // 6 : size // 2] = 1.0  # square, top left
   disc = (yy - 0.65 * size) ** 2 + (xx - 0.65 * size) ** 2 < (0.2 * size) ** 2
   image[disc] = 0.6  # disc, bottom right
   return image
@@ -130,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                      help=f"where to write the PNG (default: {DEFAULT_OUT})")
+  parser.add_argument(
+    "--out", type=Path, default=DEFAULT_OUT, help=f"where to write the PNG (default: {DEFAULT_OUT})"
+  )
   args = parser.parse_args(argv)
   try:
     import matplotlib  # noqa: F401
@@ -148,60 +149,114 @@ def _main(argv: list[str] | None) -> int:
   delta = np.zeros((15, 15), np.float32)
   delta[7, 7] = 1.0
   c = comet.shape[0] // 2
-  impulse_conv = filt(fc.convolve, delta, comet, "SAME")[7 - c:8 + c, 7 - c:8 + c]
-  impulse_corr = filt(fc.correlate, delta, comet, "SAME")[7 - c:8 + c, 7 - c:8 + c]
+  impulse_conv = filt(fc.convolve, delta, comet, "SAME")[7 - c : 8 + c, 7 - c : 8 + c]
+  impulse_corr = filt(fc.correlate, delta, comet, "SAME")[7 - c : 8 + c, 7 - c : 8 + c]
   for mode, padding in (("full", "FULL"), ("valid", "VALID"), ("same", "SAME")):
-    err = rel_err(filt(fc.convolve, image, comet, padding),
-                  scipy.signal.convolve2d(image, comet, mode=mode))
-    check(checks, err < TOL, f"fc.convolve(padding={padding!r}) == scipy.signal.convolve2d("
-                             f"mode={mode!r}) (relative error {err:.1e})")
+    err = rel_err(
+      filt(fc.convolve, image, comet, padding), scipy.signal.convolve2d(image, comet, mode=mode)
+    )
+    check(
+      checks,
+      err < TOL,
+      f"fc.convolve(padding={padding!r}) == scipy.signal.convolve2d("
+      f"mode={mode!r}) (relative error {err:.1e})",
+    )
   err = rel_err(corr, scipy.signal.correlate2d(image, comet, mode="same"))
-  check(checks, err < TOL, f"fc.correlate(padding='SAME') == scipy.signal.correlate2d("
-                           f"mode='same') (relative error {err:.1e})")
-  err = rel_err(conv, filt(fc.correlate, image, np.asarray(fc.flip_kernel(
-      comet[:, :, None, None], "HWIO"))[:, :, 0, 0], "SAME"))
+  check(
+    checks,
+    err < TOL,
+    f"fc.correlate(padding='SAME') == scipy.signal.correlate2d("
+    f"mode='same') (relative error {err:.1e})",
+  )
+  err = rel_err(
+    conv,
+    filt(
+      fc.correlate,
+      image,
+      np.asarray(fc.flip_kernel(comet[:, :, None, None], "HWIO"))[:, :, 0, 0],
+      "SAME",
+    ),
+  )
   check(checks, err < TOL, "fc.convolve(x, k) == fc.correlate(x, fc.flip_kernel(k))")
-  check(checks, np.allclose(impulse_conv, comet, atol=1e-7),
-        "convolving one bright pixel gives the kernel as drawn (its impulse response)")
-  check(checks, np.allclose(impulse_corr, comet[::-1, ::-1], atol=1e-7),
-        "correlating it gives the kernel rotated by 180 degrees")
+  check(
+    checks,
+    np.allclose(impulse_conv, comet, atol=1e-7),
+    "convolving one bright pixel gives the kernel as drawn (its impulse response)",
+  )
+  check(
+    checks,
+    np.allclose(impulse_corr, comet[::-1, ::-1], atol=1e-7),
+    "correlating it gives the kernel rotated by 180 degrees",
+  )
   diff = rel_err(conv, corr)
-  check(checks, diff > 0.1, f"so with this kernel they differ: max |convolve - correlate| = "
-                            f"{diff:.2f} of max |convolve|")
+  check(
+    checks,
+    diff > 0.1,
+    f"so with this kernel they differ: max |convolve - correlate| = {diff:.2f} of max |convolve|",
+  )
 
-  print(f"\n2. An even {blur.shape[0]}x{blur.shape[1]} kernel (symmetric): where does 'same' "
-        "put the extra row?")
+  print(
+    f"\n2. An even {blur.shape[0]}x{blur.shape[1]} kernel (symmetric): where does 'same' "
+    "put the extra row?"
+  )
   same = filt(fc.convolve, image, blur, "SAME")
   same_lower = filt(fc.convolve, image, blur, "SAME_LOWER")
   half = filt(fc.convolve, image, blur, "HALF")
   scipy_same = scipy.signal.convolve2d(image, blur, mode="same")
   err = rel_err(same_lower, scipy_same)
-  check(checks, err < TOL, f"scipy.signal.convolve2d(mode='same') == fc.convolve(padding="
-                           f"'SAME_LOWER') (relative error {err:.1e})")
+  check(
+    checks,
+    err < TOL,
+    f"scipy.signal.convolve2d(mode='same') == fc.convolve(padding="
+    f"'SAME_LOWER') (relative error {err:.1e})",
+  )
   shift = rel_err(same[:-1, :-1], same_lower[1:, 1:])
-  check(checks, shift < TOL, "fc.convolve(padding='SAME') is that output moved one pixel up "
-                             "and left: SAME[:-1, :-1] == SAME_LOWER[1:, 1:]")
+  check(
+    checks,
+    shift < TOL,
+    "fc.convolve(padding='SAME') is that output moved one pixel up "
+    "and left: SAME[:-1, :-1] == SAME_LOWER[1:, 1:]",
+  )
   diff_even = rel_err(same, scipy_same)
-  check(checks, diff_even > 0.1, f"so 'SAME' and SciPy's 'same' differ: max |difference| = "
-                                 f"{diff_even:.2f} of max |output|")
-  check(checks, half.shape == (SIZE + 1, SIZE + 1)
-        and rel_err(half[1:, 1:], same) < TOL and rel_err(half[:-1, :-1], same_lower) < TOL,
-        f"'HALF' (k // 2 on both sides, Theano) is {SIZE + 1}x{SIZE + 1} and holds both: "
-        "HALF[1:, 1:] == SAME, HALF[:-1, :-1] == SAME_LOWER")
-  check(checks, rel_err(filt(fc.correlate, image, blur, "SAME"), same) < TOL,
-        "the kernel is symmetric, so fc.correlate gives the same as fc.convolve: the shift is "
-        "the padding's, not the flip's")
+  check(
+    checks,
+    diff_even > 0.1,
+    f"so 'SAME' and SciPy's 'same' differ: max |difference| = {diff_even:.2f} of max |output|",
+  )
+  check(
+    checks,
+    half.shape == (SIZE + 1, SIZE + 1)
+    and rel_err(half[1:, 1:], same) < TOL
+    and rel_err(half[:-1, :-1], same_lower) < TOL,
+    f"'HALF' (k // 2 on both sides, Theano) is {SIZE + 1}x{SIZE + 1} and holds both: "
+    "HALF[1:, 1:] == SAME, HALF[:-1, :-1] == SAME_LOWER",
+  )
+  check(
+    checks,
+    rel_err(filt(fc.correlate, image, blur, "SAME"), same) < TOL,
+    "the kernel is symmetric, so fc.correlate gives the same as fc.convolve: the shift is "
+    "the padding's, not the flip's",
+  )
 
-  plot(args.out, [
-      [("image", image, "image"), ("asymmetric kernel (as drawn)", comet, "kernel"),
-       ("fc.convolve: tails to the top left", conv, "image"),
-       ("fc.correlate: tails to the bottom right", corr, "image"),
-       ("convolve - correlate", conv - corr, "diff")],
-      [("image", image, "image"), ("even 4x4 blur kernel", blur, "kernel"),
-       ("fc.convolve, padding='SAME'\n(extra zero at the end)", same, "image"),
-       ("scipy convolve2d mode='same'\n== padding='SAME_LOWER'", scipy_same, "image"),
-       ("'SAME' - scipy 'same':\na one-pixel shift", same - scipy_same, "diff")],
-  ])
+  plot(
+    args.out,
+    [
+      [
+        ("image", image, "image"),
+        ("asymmetric kernel (as drawn)", comet, "kernel"),
+        ("fc.convolve: tails to the top left", conv, "image"),
+        ("fc.correlate: tails to the bottom right", corr, "image"),
+        ("convolve - correlate", conv - corr, "diff"),
+      ],
+      [
+        ("image", image, "image"),
+        ("even 4x4 blur kernel", blur, "kernel"),
+        ("fc.convolve, padding='SAME'\n(extra zero at the end)", same, "image"),
+        ("scipy convolve2d mode='same'\n== padding='SAME_LOWER'", scipy_same, "image"),
+        ("'SAME' - scipy 'same':\na one-pixel shift", same - scipy_same, "diff"),
+      ],
+    ],
+  )
   ok = all(checks)
   print(f"\nwrote {args.out}")
   print("All checks held." if ok else "Some checks FAILED.")

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, settings
 
 # JAX compiles on first call, so per-example deadlines measure the compiler.
 settings.register_profile(
-    "flipconv",
-    deadline=None,
-    max_examples=30,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    print_blob=True,
+  "flipconv",
+  deadline=None,
+  max_examples=30,
+  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+  print_blob=True,
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "flipconv"))

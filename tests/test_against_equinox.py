@@ -29,18 +29,21 @@ def make(cls, *args, **kwargs):
 
 
 @pytest.mark.parametrize("rank", [1, 2, 3])
-@pytest.mark.parametrize(("padding", "strides"), [("SAME", 1), ("VALID", 2), (1, 2),
-                                                  (((1, 0), (0, 2), (2, 1)), 1)])
+@pytest.mark.parametrize(
+  ("padding", "strides"), [("SAME", 1), ("VALID", 2), (1, 2), (((1, 0), (0, 2), (2, 1)), 1)]
+)
 def test_conv_is_the_equinox_convention(rank, padding, strides):
   groups = 2 if rank == 2 else 1
   padding = padding[:rank] if isinstance(padding, tuple) else padding
-  layer = make(eqx.nn.Conv, rank, 4, 6, KERNEL[rank], stride=strides, padding=padding,
-               groups=groups)
+  layer = make(
+    eqx.nn.Conv, rank, 4, 6, KERNEL[rank], stride=strides, padding=padding, groups=groups
+  )
   x = ints((4, *SPATIAL[rank]))
   y = np.asarray(layer(x))
   assert layer.weight.shape == (6, 4 // groups, *KERNEL[rank])  # OIHW
-  got = fc.conv(x, layer.weight, convention="equinox", strides=strides, padding=padding,
-                groups=groups)
+  got = fc.conv(
+    x, layer.weight, convention="equinox", strides=strides, padding=padding, groups=groups
+  )
   np.testing.assert_array_equal(np.asarray(got), y)
 
 
@@ -52,28 +55,54 @@ def test_conv_dilated_is_the_equinox_convention():
 
 
 @pytest.mark.parametrize("rank", [1, 2, 3])
-@pytest.mark.parametrize(("padding", "strides", "output_padding"),
-                         [("VALID", 1, 0), ("VALID", 3, 0), ("VALID", 2, 1), (1, 2, 0), (1, 3, 2),
-                          (((2, 0), (1, 1), (0, 1)), 2, 1), ("SAME", 2, 0), ("SAME", 3, 1)])
+@pytest.mark.parametrize(
+  ("padding", "strides", "output_padding"),
+  [
+    ("VALID", 1, 0),
+    ("VALID", 3, 0),
+    ("VALID", 2, 1),
+    (1, 2, 0),
+    (1, 3, 2),
+    (((2, 0), (1, 1), (0, 1)), 2, 1),
+    ("SAME", 2, 0),
+    ("SAME", 3, 1),
+  ],
+)
 def test_conv_transpose_is_the_equinox_convention(rank, padding, strides, output_padding):
   """Weight (out_t, in_t, k...) = forward IOHW, transpose_flip=True; PyTorch's sizes."""
   padding = padding[:rank] if isinstance(padding, tuple) else padding
-  layer = make(eqx.nn.ConvTranspose, rank, 3, 4, KERNEL[rank], stride=strides, padding=padding,
-               output_padding=output_padding)
+  layer = make(
+    eqx.nn.ConvTranspose,
+    rank,
+    3,
+    4,
+    KERNEL[rank],
+    stride=strides,
+    padding=padding,
+    output_padding=output_padding,
+  )
   x = ints((3, *SPATIAL[rank]))
   y = np.asarray(layer(x))
   assert layer.weight.shape == (4, 3, *KERNEL[rank])
   if padding == "SAME":
     # Equinox's SAME output_padding a takes a away from in * stride: an output_shape here.
     size = tuple(m * strides - output_padding for m in SPATIAL[rank])
-    got = fc.conv_transpose(x, layer.weight, convention="equinox", strides=strides,
-                            padding=padding, output_shape=size)
+    got = fc.conv_transpose(
+      x, layer.weight, convention="equinox", strides=strides, padding=padding, output_shape=size
+    )
   else:
-    got = fc.conv_transpose(x, layer.weight, convention="equinox", strides=strides,
-                            padding=padding, output_padding=output_padding)
+    got = fc.conv_transpose(
+      x,
+      layer.weight,
+      convention="equinox",
+      strides=strides,
+      padding=padding,
+      output_padding=output_padding,
+    )
   if output_padding == 0:  # Equinox's default: the convention's transpose_output_size
-    default = fc.conv_transpose(x, layer.weight, convention="equinox", strides=strides,
-                                padding=padding)
+    default = fc.conv_transpose(
+      x, layer.weight, convention="equinox", strides=strides, padding=padding
+    )
     assert default.shape == y.shape
     np.testing.assert_array_equal(np.asarray(default), y)
   assert got.shape == y.shape
@@ -84,8 +113,7 @@ def test_conv_transpose_flip_is_true_as_its_docstring_builds_it():
   """The FAQ of eqx.nn.ConvTranspose: weight = flip(conv.weight).swapaxes(0, 1)."""
   conv = make(eqx.nn.Conv2d, 3, 4, (4, 3), stride=2)
   conv_t = make(eqx.nn.ConvTranspose2d, 4, 3, (4, 3), stride=2)
-  conv_t = eqx.tree_at(lambda m: m.weight, conv_t,
-                       np.flip(conv.weight, (2, 3)).swapaxes(0, 1))
+  conv_t = eqx.tree_at(lambda m: m.weight, conv_t, np.flip(conv.weight, (2, 3)).swapaxes(0, 1))
   y = ints((4, 3, 3))
   x = np.zeros((3, 8, 7), np.float32)
   adjoint = jax.linear_transpose(conv, x)(y)[0]

@@ -36,8 +36,9 @@ def test_conv_is_the_flax_convention(rank, padding, strides):
   groups = 2 if rank == 2 else 1
   padding = padding[:rank] if isinstance(padding, tuple) else padding
   x = ints((2, *SPATIAL[rank], 4))
-  layer = nn.Conv(6, KERNEL[rank], strides=strides, padding=padding, feature_group_count=groups,
-                  use_bias=False)
+  layer = nn.Conv(
+    6, KERNEL[rank], strides=strides, padding=padding, feature_group_count=groups, use_bias=False
+  )
   y, kernel = run(layer, x)
   assert kernel.shape == (*KERNEL[rank], 4 // groups, 6)  # HWIO
   got = fc.conv(x, kernel, convention="flax", strides=strides, padding=padding, groups=groups)
@@ -47,11 +48,11 @@ def test_conv_is_the_flax_convention(rank, padding, strides):
 def test_conv_dilated_is_the_flax_convention():
   x = ints((1, 9, 8, 2))
   pads = ((2, 1), (0, 3))
-  layer = nn.Conv(3, (2, 3), kernel_dilation=(3, 2), input_dilation=(1, 2), padding=pads,
-                  use_bias=False)
+  layer = nn.Conv(
+    3, (2, 3), kernel_dilation=(3, 2), input_dilation=(1, 2), padding=pads, use_bias=False
+  )
   y, kernel = run(layer, x)
-  got = fc.conv(x, kernel, convention="flax", dilation=(3, 2), input_dilation=(1, 2),
-                padding=pads)
+  got = fc.conv(x, kernel, convention="flax", dilation=(3, 2), input_dilation=(1, 2), padding=pads)
   np.testing.assert_array_equal(np.asarray(got), y)
 
 
@@ -65,8 +66,9 @@ def test_conv_transpose_is_the_flax_convention(rank, padding, strides):
   stride 3 is where it differs from PyTorch's).
   """
   x = ints((2, *SPATIAL[rank], 3))
-  layer = nn.ConvTranspose(4, KERNEL[rank], strides=(strides,) * rank, padding=padding,
-                           use_bias=False)
+  layer = nn.ConvTranspose(
+    4, KERNEL[rank], strides=(strides,) * rank, padding=padding, use_bias=False
+  )
   y, kernel = run(layer, x)
   assert kernel.shape == (*KERNEL[rank], 3, 4)  # (k..., in_t, out_t): forward HWOI
   got = fc.conv_transpose(x, kernel, convention="flax", strides=strides, padding=padding)
@@ -79,17 +81,24 @@ def test_conv_transpose_is_the_flax_convention(rank, padding, strides):
 def test_conv_transpose_with_transpose_kernel_is_the_tensorflow_convention(padding, strides):
   """transpose_kernel=True stores (k..., out_t, in_t) = forward HWIO, transpose_flip=False."""
   x = ints((2, 7, 6, 3))
-  layer = nn.ConvTranspose(4, (4, 3), strides=(strides, strides), padding=padding,
-                           transpose_kernel=True, use_bias=False)
+  layer = nn.ConvTranspose(
+    4, (4, 3), strides=(strides, strides), padding=padding, transpose_kernel=True, use_bias=False
+  )
   y, kernel = run(layer, x)
   assert kernel.shape == (4, 3, 4, 3)
-  got = fc.conv_transpose(x, kernel, flip=False, layout="NHWC", kernel_layout="HWIO",
-                          strides=strides, padding=padding,
-                          output_shape=y.shape[1:3])
+  got = fc.conv_transpose(
+    x,
+    kernel,
+    flip=False,
+    layout="NHWC",
+    kernel_layout="HWIO",
+    strides=strides,
+    padding=padding,
+    output_shape=y.shape[1:3],
+  )
   np.testing.assert_array_equal(np.asarray(got), y)
   # So a kernel stored for transpose_kernel=True converts from "tensorflow" to "flax".
-  plain = nn.ConvTranspose(4, (4, 3), strides=(strides, strides), padding=padding,
-                           use_bias=False)
+  plain = nn.ConvTranspose(4, (4, 3), strides=(strides, strides), padding=padding, use_bias=False)
   flax_kernel = fc.convert_kernel(kernel, "tensorflow", "flax", transposed=True)
   y_plain = plain.apply({"params": {"kernel": flax_kernel}}, x)
   np.testing.assert_array_equal(np.asarray(y_plain), y)

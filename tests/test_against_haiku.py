@@ -26,8 +26,7 @@ def run(make_module, x):
   f = hk.without_apply_rng(hk.transform(lambda x: make_module()(x)))
   shapes = jax.eval_shape(f.init, jax.random.key(0), x)
   params = jax.tree.map(lambda s: ints(s.shape), shapes)
-  (w,) = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-          if path[-1].key == "w"]
+  (w,) = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params) if path[-1].key == "w"]
   return np.asarray(f.apply(params, x)), w
 
 
@@ -38,8 +37,7 @@ def test_conv_is_the_haiku_convention(rank, padding, stride):
   spatial = {1: (7,), 2: (7, 6), 3: (5, 6, 4)}[rank]
   kernel = {1: (4,), 2: (4, 3), 3: (2, 3, 2)}[rank]
   x = ints((2, *spatial, 4))
-  y, w = run(lambda: hk.ConvND(rank, 6, kernel, stride=stride, padding=padding, with_bias=False),
-             x)
+  y, w = run(lambda: hk.ConvND(rank, 6, kernel, stride=stride, padding=padding, with_bias=False), x)
   assert w.shape == (*kernel, 4, 6)
   got = fc.conv(x, w, convention="haiku", strides=stride, padding=padding)
   np.testing.assert_array_equal(np.asarray(got), y)
@@ -50,8 +48,9 @@ def test_conv_is_the_haiku_convention(rank, padding, stride):
 def test_conv2d_transpose_is_hwio_with_transpose_flip(padding, kernel, stride):
   """w: kernel + (out_t, in_t) = forward HWIO, transpose_flip=True; TF default sizes."""
   x = ints((2, 5, 6, 3))
-  y, w = run(lambda: hk.Conv2DTranspose(4, kernel, stride=stride, padding=padding,
-                                        with_bias=False), x)
+  y, w = run(
+    lambda: hk.Conv2DTranspose(4, kernel, stride=stride, padding=padding, with_bias=False), x
+  )
   assert w.shape == (*kernel, 4, 3)
   conv = fc.get_convention("haiku")
   assert (conv.transpose_kernel_layout, conv.transpose_flip) == ("HWIO", True)

@@ -80,13 +80,18 @@ def run_op(op, options_type, options, x, constants, out_shape):
 def test_conv_2d_is_the_tflite_convention(padding, strides, dilation):
   x = ints((2, 7, 6, 3))
   w = ints((5, 4, 3, 3))  # (out, kh, kw, in) = OHWI, an even kh
-  expected = fc.conv(x, w, convention="tflite", strides=strides, dilation=dilation,
-                     padding=padding)
+  expected = fc.conv(x, w, convention="tflite", strides=strides, dilation=dilation, padding=padding)
   opts = tfl.Conv2DOptionsT()
   opts.padding, opts.strideH, opts.strideW = PADDING[padding], strides, strides
   opts.dilationHFactor = opts.dilationWFactor = dilation
-  y = run_op(tfl.BuiltinOperator.CONV_2D, tfl.BuiltinOptions.Conv2DOptions, opts, x,
-             [(1, w), (2, np.zeros(5, np.float32))], expected.shape)
+  y = run_op(
+    tfl.BuiltinOperator.CONV_2D,
+    tfl.BuiltinOptions.Conv2DOptions,
+    opts,
+    x,
+    [(1, w), (2, np.zeros(5, np.float32))],
+    expected.shape,
+  )
   np.testing.assert_array_equal(y, np.asarray(expected))
 
 
@@ -96,24 +101,44 @@ def test_depthwise_conv_2d_is_ihwo_grouped_and_converts_to_keras(multiplier):
   x = ints((1, 6, 7, c))
   w = ints((1, 4, 3, c * multiplier))  # (1, kh, kw, C * M)
   conv = fc.get_convention("tflite")
-  expected = fc.conv(x, w, convention="tflite", kernel_layout=conv.depthwise_kernel_layout,
-                     groups=c, strides=2, padding="SAME")
+  expected = fc.conv(
+    x,
+    w,
+    convention="tflite",
+    kernel_layout=conv.depthwise_kernel_layout,
+    groups=c,
+    strides=2,
+    padding="SAME",
+  )
   opts = tfl.DepthwiseConv2DOptionsT()
   opts.padding, opts.strideH, opts.strideW = tfl.Padding.SAME, 2, 2
   opts.depthMultiplier, opts.dilationHFactor, opts.dilationWFactor = multiplier, 1, 1
-  y = run_op(tfl.BuiltinOperator.DEPTHWISE_CONV_2D, tfl.BuiltinOptions.DepthwiseConv2DOptions,
-             opts, x, [(1, w), (2, np.zeros(c * multiplier, np.float32))], expected.shape)
+  y = run_op(
+    tfl.BuiltinOperator.DEPTHWISE_CONV_2D,
+    tfl.BuiltinOptions.DepthwiseConv2DOptions,
+    opts,
+    x,
+    [(1, w), (2, np.zeros(c * multiplier, np.float32))],
+    expected.shape,
+  )
   np.testing.assert_array_equal(y, np.asarray(expected))
   keras_kernel = fc.convert_depthwise_kernel(w, "tflite", "keras", groups=c)
   assert keras_kernel.shape == (4, 3, c, multiplier)
-  got = fc.conv(x, keras_kernel.reshape(4, 3, 1, c * multiplier), convention="keras", groups=c,
-                strides=2, padding="SAME")
+  got = fc.conv(
+    x,
+    keras_kernel.reshape(4, 3, 1, c * multiplier),
+    convention="keras",
+    groups=c,
+    strides=2,
+    padding="SAME",
+  )
   np.testing.assert_array_equal(y, np.asarray(got))
 
 
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
-@pytest.mark.parametrize(("kernel", "strides", "out_hw"),
-                         [((4, 3), 2, None), ((3, 3), 2, "other"), ((2, 2), 3, None)])
+@pytest.mark.parametrize(
+  ("kernel", "strides", "out_hw"), [((4, 3), 2, None), ((3, 3), 2, "other"), ((2, 2), 3, None)]
+)
 def test_transpose_conv_is_ihwo_without_flip(padding, kernel, strides, out_hw):
   """Filter (out_t, kh, kw, in_t) = forward IHWO, transpose_flip=False.
 
@@ -126,13 +151,20 @@ def test_transpose_conv_is_ihwo_without_flip(padding, kernel, strides, out_hw):
     out_hw = (10, 12) if padding == "SAME" else (12, 14)
   conv = fc.get_convention("tflite")
   assert (conv.transpose_kernel_layout, conv.transpose_flip) == ("IHWO", False)
-  expected = fc.conv_transpose(x, w, convention="tflite", strides=strides, padding=padding,
-                               output_shape=out_hw)
+  expected = fc.conv_transpose(
+    x, w, convention="tflite", strides=strides, padding=padding, output_shape=out_hw
+  )
   opts = tfl.TransposeConvOptionsT()
   opts.padding, opts.strideH, opts.strideW = PADDING[padding], strides, strides
   shape = np.array(expected.shape, np.int32)
-  y = run_op(tfl.BuiltinOperator.TRANSPOSE_CONV, tfl.BuiltinOptions.TransposeConvOptions, opts,
-             x, [(0, shape), (1, w)], expected.shape)
+  y = run_op(
+    tfl.BuiltinOperator.TRANSPOSE_CONV,
+    tfl.BuiltinOptions.TransposeConvOptions,
+    opts,
+    x,
+    [(0, shape), (1, w)],
+    expected.shape,
+  )
   np.testing.assert_array_equal(y, np.asarray(expected))
 
 
@@ -141,7 +173,13 @@ def test_fully_connected_weights_are_oi():
   w = ints((4, 5))
   assert fc.get_convention("tflite").linear_layout == "OI"
   opts = tfl.FullyConnectedOptionsT()
-  y = run_op(tfl.BuiltinOperator.FULLY_CONNECTED, tfl.BuiltinOptions.FullyConnectedOptions, opts,
-             x, [(1, w), (2, np.zeros(4, np.float32))], (3, 4))
+  y = run_op(
+    tfl.BuiltinOperator.FULLY_CONNECTED,
+    tfl.BuiltinOptions.FullyConnectedOptions,
+    opts,
+    x,
+    [(1, w), (2, np.zeros(4, np.float32))],
+    (3, 4),
+  )
   np.testing.assert_array_equal(y, x @ w.T)
   np.testing.assert_array_equal(y, x @ fc.convert_linear_kernel(w, "tflite", "flax"))

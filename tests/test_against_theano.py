@@ -39,8 +39,10 @@ import flipconv as fc
 
 FIXTURE_DIR = Path(__file__).parent / "fixtures" / "theano"
 FILES = sorted(FIXTURE_DIR.glob("*.npz"))
-MISSING = (f"no Theano fixtures in {FIXTURE_DIR}: they are committed; regenerate them with "
-           "`python tests/fixtures/make_theano_fixtures.py`")
+MISSING = (
+  f"no Theano fixtures in {FIXTURE_DIR}: they are committed; regenerate them with "
+  "`python tests/fixtures/make_theano_fixtures.py`"
+)
 TOL = 1e-10
 
 
@@ -109,8 +111,15 @@ def check(out, case: dict) -> None:
 def test_fixtures_are_committed_and_cover_the_cases():
   assert FIXTURE_DIR.is_dir() and FILES, MISSING
   kinds = [kind(p) for p in FILES]
-  for op in ("conv2d", "conv3d", "conv2d_grad_wrt_inputs", "conv3d_grad_wrt_inputs",
-             "Conv2DLayer", "Conv2DMMLayer", "TransposedConv2DLayer"):
+  for op in (
+    "conv2d",
+    "conv3d",
+    "conv2d_grad_wrt_inputs",
+    "conv3d_grad_wrt_inputs",
+    "Conv2DLayer",
+    "Conv2DMMLayer",
+    "TransposedConv2DLayer",
+  ):
     assert op in kinds, f"no fixture for {op} in {FIXTURE_DIR}"
   for path in FILES:
     case = load(path)
@@ -123,10 +132,16 @@ def test_conv_equals_theano_conv(path):
   assert path is not None, MISSING
   case = load(path)
   kw = {"flip": False} if not case["filter_flip"] else {}
-  out = fc.conv(case["x"], case["kernel"], convention="theano",
-                padding=theano_padding(str(case["border_mode"])),
-                strides=ints(case["subsample"]), dilation=ints(case["filter_dilation"]),
-                groups=int(case["num_groups"]), **kw)
+  out = fc.conv(
+    case["x"],
+    case["kernel"],
+    convention="theano",
+    padding=theano_padding(str(case["border_mode"])),
+    strides=ints(case["subsample"]),
+    dilation=ints(case["filter_dilation"]),
+    groups=int(case["num_groups"]),
+    **kw,
+  )
   check(out, case)
 
 
@@ -135,12 +150,17 @@ def test_conv_transpose_equals_theano_grad_wrt_inputs(path):
   assert path is not None, MISSING
   case = load(path)
   kw = {"flip": False} if not case["filter_flip"] else {}
-  out = fc.conv_transpose(case["x"], case["kernel"], convention="theano",
-                          padding=theano_padding(str(case["border_mode"])),
-                          strides=ints(case["subsample"]),
-                          dilation=ints(case["filter_dilation"]),
-                          groups=int(case["num_groups"]),
-                          output_shape=ints(case["input_shape"])[2:], **kw)
+  out = fc.conv_transpose(
+    case["x"],
+    case["kernel"],
+    convention="theano",
+    padding=theano_padding(str(case["border_mode"])),
+    strides=ints(case["subsample"]),
+    dilation=ints(case["filter_dilation"]),
+    groups=int(case["num_groups"]),
+    output_shape=ints(case["input_shape"])[2:],
+    **kw,
+  )
   check(out, case)
 
 
@@ -153,10 +173,15 @@ def test_conv_equals_lasagne_conv2d_layer(path):
   flip_filters = bool(case["lasagne_flip_filters"])
   # Only a flip_filters other than the layer's default is passed: the rest is the convention.
   kw = {"flip": flip_filters} if flip_filters != convention.flip else {}
-  out = fc.conv(case["x"], case["kernel"], convention=convention.name,
-                padding=lasagne_padding(str(case["lasagne_pad"])),
-                strides=ints(case["lasagne_stride"]),
-                groups=int(case["lasagne_num_groups"]), **kw)
+  out = fc.conv(
+    case["x"],
+    case["kernel"],
+    convention=convention.name,
+    padding=lasagne_padding(str(case["lasagne_pad"])),
+    strides=ints(case["lasagne_stride"]),
+    groups=int(case["lasagne_num_groups"]),
+    **kw,
+  )
   check(out, case)
 
 
@@ -167,7 +192,13 @@ def test_conv_transpose_equals_lasagne_transposed_conv2d_layer(path):
   # The layer runs Theano's gradInputs with filter_flip = not flip_filters.
   kw = {"flip": False} if bool(case["lasagne_flip_filters"]) else {}
   output_size = ints(case["lasagne_output_size"]) if case["lasagne_output_size"].size else None
-  out = fc.conv_transpose(case["x"], case["kernel"], convention="lasagne",
-                          padding=lasagne_padding(str(case["lasagne_crop"])),
-                          strides=ints(case["lasagne_stride"]), output_shape=output_size, **kw)
+  out = fc.conv_transpose(
+    case["x"],
+    case["kernel"],
+    convention="lasagne",
+    padding=lasagne_padding(str(case["lasagne_crop"])),
+    strides=ints(case["lasagne_stride"]),
+    output_shape=output_size,
+    **kw,
+  )
   check(out, case)

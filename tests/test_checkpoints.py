@@ -35,12 +35,12 @@ def rand(shape, seed=0, dtype=np.float32):
 def state():
   """PyTorch-named tensors, deliberately not in sorted order, several dtypes."""
   return {
-      "features.conv.weight": rand((6, 3, 3, 3), 1),
-      "features.conv.bias": rand((6,), 2),
-      "bn.num_batches_tracked": np.array(5, np.int64),
-      "decoder.deconv.weight": rand((6, 2, 2, 2), 3).astype(ml_dtypes.bfloat16),
-      "classifier.weight": rand((4, 6), 4).astype(np.float16),
-      "classifier.bias": rand((4,), 5, np.float64),
+    "features.conv.weight": rand((6, 3, 3, 3), 1),
+    "features.conv.bias": rand((6,), 2),
+    "bn.num_batches_tracked": np.array(5, np.int64),
+    "decoder.deconv.weight": rand((6, 2, 2, 2), 3).astype(ml_dtypes.bfloat16),
+    "classifier.weight": rand((4, 6), 4).astype(np.float16),
+    "classifier.bias": rand((4,), 5, np.float64),
   }
 
 
@@ -72,7 +72,7 @@ def test_safetensors_written_is_read_by_the_safetensors_library(tmp_path):
     assert f.metadata() == {"format": "pt", "note": "ümlaut"}
   # Tensors are stored in the order given: the header lists them so.
   (n,) = struct.unpack("<Q", digest(path)[:8])
-  header = json.loads(digest(path)[8:8 + n])
+  header = json.loads(digest(path)[8 : 8 + n])
   assert [k for k in header if k != "__metadata__"] == list(state())
 
 
@@ -83,7 +83,7 @@ def test_safetensors_library_files_are_read_in_file_order(tmp_path):
   with ck.open_checkpoint(path) as r:
     assert r.metadata == {"format": "pt"}
     names = [t.name for t in r.tensors]
-    offsets = json.loads(digest(path)[8:8 + struct.unpack("<Q", digest(path)[:8])[0]])
+    offsets = json.loads(digest(path)[8 : 8 + struct.unpack("<Q", digest(path)[:8])[0]])
     assert names == sorted(names, key=lambda k: offsets[k]["data_offsets"][0])
     for name in names:
       assert_same(r.read(name), state()[name])
@@ -101,8 +101,9 @@ def test_npz_round_trips_with_numpy_and_keeps_compression(tmp_path):
     assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_DEFLATED}
   out = np.load(tmp_path / "out.npz")
   assert list(out.keys()) == list(plain)
-  np.testing.assert_array_equal(out["features.conv.weight"],
-                                plain["features.conv.weight"].transpose(TORCH_TO_FLAX))
+  np.testing.assert_array_equal(
+    out["features.conv.weight"], plain["features.conv.weight"].transpose(TORCH_TO_FLAX)
+  )
   np.testing.assert_array_equal(out["classifier.weight"], plain["classifier.weight"].T)
   assert_same(out["bn.num_batches_tracked"], plain["bn.num_batches_tracked"])
 
@@ -110,10 +111,16 @@ def test_npz_round_trips_with_numpy_and_keeps_compression(tmp_path):
 def test_msgpack_round_trips_with_flax_serialization(tmp_path):
   from flax import serialization
 
-  tree = {"params": {"Conv_0": {"kernel": rand((3, 3, 2, 4), 1), "bias": rand((4,), 2)},
-                     "ConvTranspose_0": {"kernel": rand((2, 2, 4, 2), 3)},
-                     "Dense_0": {"kernel": rand((4, 5), 4).astype(ml_dtypes.bfloat16)}},
-          "step": np.int32(12), "tag": "run-7", "history": [np.ones(2), 0.5]}
+  tree = {
+    "params": {
+      "Conv_0": {"kernel": rand((3, 3, 2, 4), 1), "bias": rand((4,), 2)},
+      "ConvTranspose_0": {"kernel": rand((2, 2, 4, 2), 3)},
+      "Dense_0": {"kernel": rand((4, 5), 4).astype(ml_dtypes.bfloat16)},
+    },
+    "step": np.int32(12),
+    "tag": "run-7",
+    "history": [np.ones(2), 0.5],
+  }
   src = tmp_path / "flax.msgpack"
   src.write_bytes(serialization.msgpack_serialize(tree))
   with ck.open_checkpoint(src) as r:
@@ -123,11 +130,13 @@ def test_msgpack_round_trips_with_flax_serialization(tmp_path):
   assert out["step"] == np.int32(12) and out["tag"] == "run-7"
   assert isinstance(out["history"], list) and out["history"][1] == 0.5
   p = out["params"]
-  np.testing.assert_array_equal(p["Conv_0"]["kernel"],
-                                tree["params"]["Conv_0"]["kernel"].transpose(3, 2, 0, 1))
+  np.testing.assert_array_equal(
+    p["Conv_0"]["kernel"], tree["params"]["Conv_0"]["kernel"].transpose(3, 2, 0, 1)
+  )
   np.testing.assert_array_equal(  # Flax ConvTranspose HWOI (flipped) -> PyTorch OIHW
-      p["ConvTranspose_0"]["kernel"],
-      tree["params"]["ConvTranspose_0"]["kernel"][::-1, ::-1].transpose(2, 3, 0, 1))
+    p["ConvTranspose_0"]["kernel"],
+    tree["params"]["ConvTranspose_0"]["kernel"][::-1, ::-1].transpose(2, 3, 0, 1),
+  )
   assert p["Dense_0"]["kernel"].dtype == ml_dtypes.bfloat16
   to_npz = ck.convert_file(src, tmp_path / "flat.npz", "flax", "pytorch")
   assert any(n.startswith("tag: not a tensor") for n in to_npz.notes)
@@ -196,8 +205,7 @@ def test_dry_run_writes_nothing_and_plans_what_convert_does(tmp_path):
 
 def test_streaming_conversion_holds_about_two_tensors_not_the_file(tmp_path):
   n, size = 8, 2 << 20  # 8 tensors of 8 MB (float32)
-  tensors = {f"layer{i}.weight": np.full((size // 64, 4, 4, 4), i, np.float32)
-             for i in range(n)}
+  tensors = {f"layer{i}.weight": np.full((size // 64, 4, 4, 4), i, np.float32) for i in range(n)}
   src = tmp_path / "big.safetensors"
   ck.save(src, tensors)
   del tensors
@@ -227,11 +235,13 @@ def _truncated(tmp_path, name, keep):
     ck.save(good, {"w": rand((64, 64))})
   data = digest(good)
   path = tmp_path / name
-  path.write_bytes(data[:keep(len(data))])
+  path.write_bytes(data[: keep(len(data))])
   return path
 
 
-@pytest.mark.parametrize("name,keep", [
+@pytest.mark.parametrize(
+  "name,keep",
+  [
     ("empty.safetensors", lambda n: 0),
     ("short.safetensors", lambda n: 5),
     ("cut_header.safetensors", lambda n: 40),
@@ -240,7 +250,8 @@ def _truncated(tmp_path, name, keep):
     ("cut.npz", lambda n: n // 2),
     ("empty.msgpack", lambda n: 0),
     ("cut.msgpack", lambda n: n // 2),
-])
+  ],
+)
 def test_truncated_files_raise_one_line_naming_the_file(tmp_path, name, keep):
   path = _truncated(tmp_path, name, keep)
   with pytest.raises(ck.CheckpointError) as info, ck.open_checkpoint(path) as r:
@@ -255,7 +266,9 @@ def st_file(header: bytes, data: int) -> bytes:
   return struct.pack("<Q", len(header)) + header + bytes(data)
 
 
-@pytest.mark.parametrize("content,match", [
+@pytest.mark.parametrize(
+  "content,match",
+  [
     (struct.pack("<Q", 9) + b"not json!", "header is not JSON"),
     (struct.pack("<Q", 8) + b"[1, 2]  ", "not a JSON object"),
     (st_file(b'{"w":{"dtype":"F99","shape":[2],"data_offsets":[0,8]}}', 8), "bad entry"),
@@ -263,7 +276,8 @@ def st_file(header: bytes, data: int) -> bytes:
     (st_file(b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', 4), "truncated"),
     (st_file(b'{"w":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}', 12), "expected 0"),
     (struct.pack("<Q", 1 << 40) + b"{}", "header claims"),
-])
+  ],
+)
 def test_corrupt_safetensors_headers(tmp_path, content, match):
   path = tmp_path / "bad.safetensors"
   path.write_bytes(content)
@@ -281,14 +295,17 @@ def test_corrupt_npz_member_is_caught_on_read(tmp_path):
     ck.load(path)
 
 
-@pytest.mark.parametrize("name,match", [
+@pytest.mark.parametrize(
+  "name,match",
+  [
     ("weights.txt", r"unsupported input type '\.txt'"),
     ("weights", "no suffix"),
     ("model.pt", r"pickle-based file \(\.pt\).*--allow-pickle"),
     ("model.ckpt", "pickle-based"),
     ("pytorch_model.bin", "pickle-based"),
     ("missing.npz", "no such file"),
-])
+  ],
+)
 def test_wrong_or_refused_files(tmp_path, name, match):
   path = tmp_path / name
   if not name.startswith("missing"):
@@ -313,15 +330,19 @@ def test_unsupported_output_dtype_and_suffix(tmp_path):
 
 def test_torch_files_load_only_when_allowed_and_only_weights(tmp_path):
   torch = pytest.importorskip("torch")
-  sd = {"conv.weight": torch.randn(4, 3, 3, 3), "conv.bias": torch.randn(4).bfloat16(),
-        "meta": {"epoch": 3}}
+  sd = {
+    "conv.weight": torch.randn(4, 3, 3, 3),
+    "conv.bias": torch.randn(4).bfloat16(),
+    "meta": {"epoch": 3},
+  }
   torch.save(sd, tmp_path / "m.pt")
   with ck.open_checkpoint(tmp_path / "m.pt", allow_pickle=True) as r:
     assert [t.name for t in r.tensors] == ["conv.weight", "conv.bias", "meta.epoch"]
     np.testing.assert_array_equal(r.read("conv.weight"), sd["conv.weight"].numpy())
     assert r.read("conv.bias").dtype == ml_dtypes.bfloat16
-    np.testing.assert_array_equal(r.read("conv.bias").astype(np.float32),
-                                  sd["conv.bias"].float().numpy())
+    np.testing.assert_array_equal(
+      r.read("conv.bias").astype(np.float32), sd["conv.bias"].float().numpy()
+    )
 
   class Evil:
     def __reduce__(self):
@@ -362,8 +383,9 @@ def test_killed_writer_leaves_the_old_file_or_none(tmp_path, suffix, existing):
   if existing:
     ck.save(dst, {"old": np.arange(3.0)})
   old = digest(dst) if existing else None
-  child = subprocess.Popen([sys.executable, "-c", CHILD, str(dst)], stdout=subprocess.PIPE,
-                           text=True)
+  child = subprocess.Popen(
+    [sys.executable, "-c", CHILD, str(dst)], stdout=subprocess.PIPE, text=True
+  )
   try:
     assert child.stdout.readline().strip() == "writing"
     partial = glob.glob(str(tmp_path / ".out*.partial"))
@@ -384,8 +406,10 @@ def test_error_while_writing_keeps_the_old_file_and_leaves_no_temporary(tmp_path
   dst = tmp_path / "out.safetensors"
   ck.save(dst, {"old": np.arange(3.0)})
   old = digest(dst)
-  infos = [ck.TensorInfo("a", (4,), np.dtype(np.float32)),
-           ck.TensorInfo("b", (4,), np.dtype(np.float32))]
+  infos = [
+    ck.TensorInfo("a", (4,), np.dtype(np.float32)),
+    ck.TensorInfo("b", (4,), np.dtype(np.float32)),
+  ]
 
   def arrays():
     yield np.zeros(4, np.float32)

@@ -20,13 +20,15 @@ import pytest
 
 from flipconv import checkpoints as ck
 
-FLIPCONV = [shutil.which("flipconv")] if shutil.which("flipconv") else [
-    sys.executable, "-m", "flipconv.cli"]
+FLIPCONV = (
+  [shutil.which("flipconv")] if shutil.which("flipconv") else [sys.executable, "-m", "flipconv.cli"]
+)
 
 
 def flipconv(*args, cwd=None) -> subprocess.CompletedProcess:
-  return subprocess.run([*FLIPCONV, *map(str, args)], capture_output=True, text=True,
-                        cwd=cwd, timeout=120)
+  return subprocess.run(
+    [*FLIPCONV, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120
+  )
 
 
 def rand(shape, seed=0, dtype=np.float32):
@@ -35,12 +37,12 @@ def rand(shape, seed=0, dtype=np.float32):
 
 def torch_state():
   return {
-      "encoder.conv.weight": rand((6, 3, 3, 3), 1),
-      "encoder.conv.bias": rand((6,), 2),
-      "encoder.bn.num_batches_tracked": np.array(4, np.int64),
-      "decoder.deconv.weight": rand((6, 2, 4, 4), 3),
-      "head.weight": rand((5, 6), 4),
-      "head.bias": rand((5,), 5),
+    "encoder.conv.weight": rand((6, 3, 3, 3), 1),
+    "encoder.conv.bias": rand((6,), 2),
+    "encoder.bn.num_batches_tracked": np.array(4, np.int64),
+    "decoder.deconv.weight": rand((6, 2, 4, 4), 3),
+    "head.weight": rand((5, 6), 4),
+    "head.bias": rand((5,), 5),
   }
 
 
@@ -52,7 +54,7 @@ def write_safetensors(path, tensors, metadata=None):
 def header_names(path):
   raw = path.read_bytes()
   (n,) = struct.unpack("<Q", raw[:8])
-  return [k for k in json.loads(raw[8:8 + n]) if k != "__metadata__"]
+  return [k for k in json.loads(raw[8 : 8 + n]) if k != "__metadata__"]
 
 
 def one_error_line(result, *needles):
@@ -76,11 +78,13 @@ def test_convert_safetensors_pytorch_to_flax(tmp_path):
   assert "wrote" in result.stdout and "3 converted (1 flipped)" in result.stdout
   assert src.read_bytes() == before
   out = st.load_file(str(dst))
-  np.testing.assert_array_equal(out["encoder.conv.weight"],
-                                sd["encoder.conv.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+    out["encoder.conv.weight"], sd["encoder.conv.weight"].transpose(2, 3, 1, 0)
+  )
   # PyTorch ConvTranspose (in, out, kh, kw) -> Flax ConvTranspose (kh, kw, in, out), flipped.
-  np.testing.assert_array_equal(out["decoder.deconv.weight"],
-                                sd["decoder.deconv.weight"].transpose(2, 3, 0, 1)[::-1, ::-1])
+  np.testing.assert_array_equal(
+    out["decoder.deconv.weight"], sd["decoder.deconv.weight"].transpose(2, 3, 0, 1)[::-1, ::-1]
+  )
   np.testing.assert_array_equal(out["head.weight"], sd["head.weight"].T)
   for k in ("encoder.conv.bias", "encoder.bn.num_batches_tracked", "head.bias"):
     np.testing.assert_array_equal(out[k], sd[k])
@@ -98,8 +102,7 @@ def test_dry_run_prints_the_plan_that_convert_then_carries_out(tmp_path):
   assert not dst.exists() and "nothing written" in dry.stdout
   planned = {}
   for line in dry.stdout.splitlines():
-    m = re.match(r"(\S+)\s+(conv|conv_transpose|linear)\s+(\(.*?\))\s+->\s+(\(.*?\))\s+(.*)$",
-                 line)
+    m = re.match(r"(\S+)\s+(conv|conv_transpose|linear)\s+(\(.*?\))\s+->\s+(\(.*?\))\s+(.*)$", line)
     if m:
       planned[m[1]] = (m[2], ast.literal_eval(m[3]), ast.literal_eval(m[4]), m[5])
   assert set(planned) == {"encoder/conv/weight", "decoder/deconv/weight"}  # both IO dense
@@ -121,28 +124,38 @@ def test_existing_dst_needs_force_and_src_is_never_the_dst(tmp_path):
   src, dst = tmp_path / "a.npz", tmp_path / "b.npz"
   np.savez(src, **torch_state())
   dst.write_bytes(b"precious")
-  one_error_line(flipconv("convert", src, dst, "--from", "pytorch", "--to", "flax"),
-                 "b.npz", "--force")
+  one_error_line(
+    flipconv("convert", src, dst, "--from", "pytorch", "--to", "flax"), "b.npz", "--force"
+  )
   assert dst.read_bytes() == b"precious"
-  assert flipconv("convert", src, dst, "--from", "pytorch", "--to", "flax",
-                  "--force").returncode == 0
+  assert (
+    flipconv("convert", src, dst, "--from", "pytorch", "--to", "flax", "--force").returncode == 0
+  )
   assert np.load(dst)["head.weight"].shape == (6, 5)
-  one_error_line(flipconv("convert", src, src, "--from", "pytorch", "--to", "flax", "--force"),
-                 "input file")
+  one_error_line(
+    flipconv("convert", src, src, "--from", "pytorch", "--to", "flax", "--force"), "input file"
+  )
 
 
 def test_pickle_is_refused_unless_allowed(tmp_path):
   pt = tmp_path / "model.pt"
   pt.write_bytes(b"\x80\x04K\x01.")
-  one_error_line(flipconv("convert", pt, tmp_path / "out.npz", "--from", "pytorch", "--to",
-                          "flax"), "model.pt", "pickle", "--allow-pickle")
+  one_error_line(
+    flipconv("convert", pt, tmp_path / "out.npz", "--from", "pytorch", "--to", "flax"),
+    "model.pt",
+    "pickle",
+    "--allow-pickle",
+  )
   torch = pytest.importorskip("torch")
   torch.save({"conv.weight": torch.randn(4, 3, 2, 2)}, pt)
-  result = flipconv("convert", pt, tmp_path / "out.npz", "--from", "pytorch", "--to", "flax",
-                    "--allow-pickle")
+  result = flipconv(
+    "convert", pt, tmp_path / "out.npz", "--from", "pytorch", "--to", "flax", "--allow-pickle"
+  )
   assert result.returncode == 0, result.stderr
-  np.testing.assert_array_equal(np.load(tmp_path / "out.npz")["conv.weight"],
-                                torch.load(pt)["conv.weight"].numpy().transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+    np.load(tmp_path / "out.npz")["conv.weight"],
+    torch.load(pt)["conv.weight"].numpy().transpose(2, 3, 1, 0),
+  )
 
 
 def test_bad_files_give_one_line_and_exit_2(tmp_path):
@@ -153,8 +166,11 @@ def test_bad_files_give_one_line_and_exit_2(tmp_path):
   one_error_line(flipconv("inspect", cut), "cut.safetensors", "truncated")
   empty = tmp_path / "empty.npz"
   empty.write_bytes(b"")
-  one_error_line(flipconv("convert", empty, tmp_path / "o.npz", "--from", "pytorch", "--to",
-                          "flax"), "empty.npz", "not a valid npz")
+  one_error_line(
+    flipconv("convert", empty, tmp_path / "o.npz", "--from", "pytorch", "--to", "flax"),
+    "empty.npz",
+    "not a valid npz",
+  )
   one_error_line(flipconv("inspect", tmp_path / "notes.txt"), "notes.txt", "unsupported")
 
 
@@ -188,13 +204,36 @@ def test_select_rules(tmp_path):
   src, dst = tmp_path / "a.npz", tmp_path / "b.npz"
   np.savez(src, **torch_state())
   # The deconv as a plain conv, everything else by name: first match wins.
-  result = flipconv("convert", src, dst, "--from", "pytorch", "--to", "flax",
-                    "--select", "decoder.*=conv", "--select", "*=auto")
+  result = flipconv(
+    "convert",
+    src,
+    dst,
+    "--from",
+    "pytorch",
+    "--to",
+    "flax",
+    "--select",
+    "decoder.*=conv",
+    "--select",
+    "*=auto",
+  )
   assert result.returncode == 0, result.stderr
   assert np.load(dst)["decoder.deconv.weight"].shape == (4, 4, 2, 6)  # HWIO, not HWOI
-  one_error_line(flipconv("convert", src, tmp_path / "c.npz", "--from", "pytorch", "--to",
-                          "flax", "--select", "enc/*/kernel=conv"), "'enc/*/kernel'",
-                 "matches no")
+  one_error_line(
+    flipconv(
+      "convert",
+      src,
+      tmp_path / "c.npz",
+      "--from",
+      "pytorch",
+      "--to",
+      "flax",
+      "--select",
+      "enc/*/kernel=conv",
+    ),
+    "'enc/*/kernel'",
+    "matches no",
+  )
   bad = flipconv("convert", src, dst, "--from", "pytorch", "--to", "flax", "--select", "x=y")
   assert bad.returncode == 2 and "GLOB=KIND" in bad.stderr
 
@@ -205,13 +244,17 @@ def test_npz_to_flax_msgpack_and_back(tmp_path):
   src = tmp_path / "a.npz"
   sd = torch_state()
   np.savez(src, **sd)
-  assert flipconv("convert", src, tmp_path / "f.msgpack", "--from", "pytorch", "--to",
-                  "flax").returncode == 0
+  assert (
+    flipconv("convert", src, tmp_path / "f.msgpack", "--from", "pytorch", "--to", "flax").returncode
+    == 0
+  )
   tree = serialization.msgpack_restore((tmp_path / "f.msgpack").read_bytes())
-  np.testing.assert_array_equal(tree["encoder.conv.weight"],
-                                sd["encoder.conv.weight"].transpose(2, 3, 1, 0))
-  back = flipconv("convert", tmp_path / "f.msgpack", tmp_path / "b.npz", "--from", "flax",
-                  "--to", "pytorch")
+  np.testing.assert_array_equal(
+    tree["encoder.conv.weight"], sd["encoder.conv.weight"].transpose(2, 3, 1, 0)
+  )
+  back = flipconv(
+    "convert", tmp_path / "f.msgpack", tmp_path / "b.npz", "--from", "flax", "--to", "pytorch"
+  )
   assert back.returncode == 0, back.stderr
   out = np.load(tmp_path / "b.npz")
   for k, v in sd.items():

@@ -25,9 +25,15 @@ RNG = np.random.default_rng(5)
 
 # A user-made convention, with letters in orders no framework uses.
 CUSTOM = fc.Convention(
-    name="custom", layout="NCWH", kernel_layout="WHIO", flip=True,
-    transpose_kernel_layout="OWHI", transpose_flip=False, linear_layout="IO",
-    depthwise_kernel_layout="CWHM")
+  name="custom",
+  layout="NCWH",
+  kernel_layout="WHIO",
+  flip=True,
+  transpose_kernel_layout="OWHI",
+  transpose_flip=False,
+  linear_layout="IO",
+  depthwise_kernel_layout="CWHM",
+)
 NAMES = sorted({c.name for c in fc.conventions.values()})
 CONVENTIONS = [*NAMES, CUSTOM]
 SPATIAL = (4, 6, 5)  # D, H, W sizes
@@ -65,7 +71,7 @@ def run(op, x_canonical, kernel, conv, n, **kw):
 def kernel_for(conv, n, c_out, c_in, transposed=False):
   c = fc.get_convention(conv)
   layout = generalize(c.transpose_kernel_layout if transposed else c.kernel_layout, n)
-  spatial = dict(zip(generalize("HW", n), KSIZE[3 - n:], strict=True))
+  spatial = dict(zip(generalize("HW", n), KSIZE[3 - n :], strict=True))
   return ints([c_out if a == "O" else c_in if a == "I" else spatial[a] for a in layout])
 
 
@@ -85,7 +91,7 @@ def test_every_pair_computes_the_same_after_conversion(rank, kind):
   else:
     op, kw = fc.conv, dict(strides=2, padding="SAME", groups=groups)
     c_x, c_out, c_in = 4, 6, 2
-  x = ints((1, c_x, *SPATIAL[3 - rank:]))
+  x = ints((1, c_x, *SPATIAL[3 - rank :]))
   for src in CONVENTIONS:
     k = kernel_for(src, rank, c_out, c_in, transposed)
     y = run(op, x, k, src, rank, **kw)
@@ -99,10 +105,10 @@ def test_conversion_is_not_the_identity_where_it_matters():
   """The pair test would pass for a no-op if the conventions agreed: they do not."""
   k = ints((4, 3, 2, 3))
   assert fc.convert_kernel(k, "pytorch", "flax").shape == (2, 3, 3, 4)
-  np.testing.assert_array_equal(fc.convert_kernel(k, "lasagne", "lasagne-mm"),
-                                k[:, :, ::-1, ::-1])
-  np.testing.assert_array_equal(fc.convert_kernel(k, "pytorch", "flax", transposed=True),
-                                k.transpose(2, 3, 0, 1)[::-1, ::-1])
+  np.testing.assert_array_equal(fc.convert_kernel(k, "lasagne", "lasagne-mm"), k[:, :, ::-1, ::-1])
+  np.testing.assert_array_equal(
+    fc.convert_kernel(k, "pytorch", "flax", transposed=True), k.transpose(2, 3, 0, 1)[::-1, ::-1]
+  )
   np.testing.assert_array_equal(fc.convert_kernel(k, "onnx", "caffe"), k)
 
 
@@ -110,17 +116,22 @@ DTYPES = [np.float32, np.float16, ml_dtypes.bfloat16, np.int8, np.float64, np.ui
 
 
 @given(
-    shape=st.lists(st.integers(1, 4), min_size=3, max_size=5),
-    dtype=st.sampled_from(DTYPES),
-    pair=st.tuples(st.sampled_from([*sorted(fc.conventions), CUSTOM]),
-                   st.sampled_from([*sorted(fc.conventions), CUSTOM])),
-    transposed=st.booleans(),
-    as_jax=st.booleans(),
+  shape=st.lists(st.integers(1, 4), min_size=3, max_size=5),
+  dtype=st.sampled_from(DTYPES),
+  pair=st.tuples(
+    st.sampled_from([*sorted(fc.conventions), CUSTOM]),
+    st.sampled_from([*sorted(fc.conventions), CUSTOM]),
+  ),
+  transposed=st.booleans(),
+  as_jax=st.booleans(),
 )
 def test_round_trip_is_bit_identical(shape, dtype, pair, transposed, as_jax):
   a, b = pair
-  k = RNG.standard_normal(shape).astype(dtype) if dtype not in (np.int8, np.uint8) else (
-      RNG.integers(0, 255, shape).astype(dtype))
+  k = (
+    RNG.standard_normal(shape).astype(dtype)
+    if dtype not in (np.int8, np.uint8)
+    else (RNG.integers(0, 255, shape).astype(dtype))
+  )
   if as_jax and dtype != np.float64:
     k = jnp.asarray(k)
   there = fc.convert_kernel(k, a, b, transposed=transposed)
@@ -151,8 +162,10 @@ def test_numpy_input_never_touches_a_device(monkeypatch):
   k = ints((2, 3, 4, 5))
   assert type(fc.convert_kernel(k, "theano", "tflite", transposed=True)) is np.ndarray
   assert type(fc.convert_depthwise_kernel(ints((3, 3, 2, 2)), "keras", "tflite")) is np.ndarray
-  assert type(fc.convert_linear_kernel(ints((4, 6)), "pytorch", "flax",
-                                       feature_shape=(6,))) is np.ndarray
+  assert (
+    type(fc.convert_linear_kernel(ints((4, 6)), "pytorch", "flax", feature_shape=(6,)))
+    is np.ndarray
+  )
 
 
 def test_convert_kernel_under_jit_and_vmap():
@@ -167,15 +180,14 @@ def test_convert_kernel_under_jit_and_vmap():
 
 
 def test_plans_say_what_apply_plan_does():
-  for plan, shape in [(kernel_plan(4, "pytorch", "flax"), (4, 3, 2, 5)),
-                      (kernel_plan(5, "theano", "tflite", kind="conv_transpose"),
-                       (4, 3, 2, 5, 6)),
-                      (kernel_plan(2, "pytorch", "keras", kind="linear"), (4, 3)),
-                      (depthwise_plan((3, 2, 4, 2), "keras", "pytorch"), (3, 2, 4, 2)),
-                      (depthwise_plan((8, 1, 3, 2), "pytorch", "keras", groups=4),
-                       (8, 1, 3, 2)),
-                      (linear_plan((4, 12), "pytorch", "flax", feature_shape=(3, 2, 2)),
-                       (4, 12))]:
+  for plan, shape in [
+    (kernel_plan(4, "pytorch", "flax"), (4, 3, 2, 5)),
+    (kernel_plan(5, "theano", "tflite", kind="conv_transpose"), (4, 3, 2, 5, 6)),
+    (kernel_plan(2, "pytorch", "keras", kind="linear"), (4, 3)),
+    (depthwise_plan((3, 2, 4, 2), "keras", "pytorch"), (3, 2, 4, 2)),
+    (depthwise_plan((8, 1, 3, 2), "pytorch", "keras", groups=4), (8, 1, 3, 2)),
+    (linear_plan((4, 12), "pytorch", "flax", feature_shape=(3, 2, 2)), (4, 12)),
+  ]:
     assert isinstance(plan, KernelPlan)
     out = apply_plan(np.arange(np.prod(shape)).reshape(shape), plan)
     assert out.shape == plan.new_shape(shape), plan
@@ -186,17 +198,18 @@ def test_torch_weights_run_in_flax_after_conversion(rank):
   """Two real frameworks: torch convNd(x, w) == flax.linen.Conv with convert_kernel(w)."""
   torch = pytest.importorskip("torch")
   nn = pytest.importorskip("flax.linen")
-  x = ints((2, 4, *SPATIAL[3 - rank:]))  # NCHW
-  w = ints((6, 2, *KSIZE[3 - rank:]))  # OIHW, groups=2
+  x = ints((2, 4, *SPATIAL[3 - rank :]))  # NCHW
+  w = ints((6, 2, *KSIZE[3 - rank :]))  # OIHW, groups=2
   conv = getattr(torch.nn.functional, f"conv{rank}d")
   y = conv(torch.from_numpy(x), torch.from_numpy(w), stride=2, padding=1, groups=2).numpy()
-  layer = nn.Conv(6, KSIZE[3 - rank:], strides=2, padding=1, feature_group_count=2,
-                  use_bias=False)
-  got = layer.apply({"params": {"kernel": fc.convert_kernel(w, "pytorch", "flax")}},
-                    np.moveaxis(x, 1, -1))
+  layer = nn.Conv(6, KSIZE[3 - rank :], strides=2, padding=1, feature_group_count=2, use_bias=False)
+  got = layer.apply(
+    {"params": {"kernel": fc.convert_kernel(w, "pytorch", "flax")}}, np.moveaxis(x, 1, -1)
+  )
   np.testing.assert_array_equal(np.moveaxis(np.asarray(got), -1, 1), y)
-  np.testing.assert_array_equal(np.asarray(fc.conv(x, w, convention="pytorch", strides=2,
-                                                   padding=1, groups=2)), y)
+  np.testing.assert_array_equal(
+    np.asarray(fc.conv(x, w, convention="pytorch", strides=2, padding=1, groups=2)), y
+  )
 
 
 def test_onnx_gemm_with_trans_b_takes_an_oi_weight():
@@ -207,8 +220,7 @@ def test_onnx_gemm_with_trans_b_takes_an_oi_weight():
   x, w = ints((3, 5)), ints((4, 5))  # w: (out, in), as torch.onnx exports nn.Linear
   io = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
   node = helper.make_node("Gemm", ["X", "W"], ["Y"], transB=1)
-  graph = helper.make_graph([node], "gemm", [io("X", x.shape), io("W", w.shape)],
-                            [io("Y", [3, 4])])
+  graph = helper.make_graph([node], "gemm", [io("X", x.shape), io("W", w.shape)], [io("Y", [3, 4])])
   model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
   onnx.checker.check_model(model)
   session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -224,8 +236,9 @@ def test_onnx_gemm_with_trans_b_takes_an_oi_weight():
 def grouped(kernel, conv, n):
   """A depthwise kernel in ``conv``'s own form as a grouped kernel, and its layout."""
   c = fc.get_convention(conv)
-  layout = generalize((c.depthwise_kernel_layout or c.kernel_layout)
-                      .translate(str.maketrans("CM", "OI")), n)
+  layout = generalize(
+    (c.depthwise_kernel_layout or c.kernel_layout).translate(str.maketrans("CM", "OI")), n
+  )
   if "C" not in (c.depthwise_kernel_layout or ""):
     return kernel, layout
   # Move C and M last, merge them into O = C * M (channel c * M + m), add I = 1.
@@ -238,24 +251,26 @@ def grouped(kernel, conv, n):
 @pytest.mark.parametrize("rank", [1, 2])
 def test_depthwise_every_pair_computes_the_same(rank):
   c, mult = 3, 2
-  x = ints((1, c, *SPATIAL[3 - rank:]))
+  x = ints((1, c, *SPATIAL[3 - rank :]))
   canonical = "NC" + generalize("HW", rank)
-  sizes = dict(zip(generalize("HW", rank), KSIZE[3 - rank:], strict=True))
+  sizes = dict(zip(generalize("HW", rank), KSIZE[3 - rank :], strict=True))
 
   def conv_with(kernel, conv):
     k, k_layout = grouped(kernel, conv, rank)
     layout = data_layout(conv, rank)
     xx = relayout(x, canonical, layout)
     batched = "N" in fc.get_convention(conv).layout
-    y = fc.conv(xx if batched else xx[0], k, convention=conv, kernel_layout=k_layout,
-                groups=c, padding="SAME")
+    y = fc.conv(
+      xx if batched else xx[0], k, convention=conv, kernel_layout=k_layout, groups=c, padding="SAME"
+    )
     y = np.asarray(y if batched else y[None])
     return relayout(y, layout, canonical)
 
   for src in CONVENTIONS:
     s = fc.get_convention(src)
-    layout = generalize((s.depthwise_kernel_layout or s.kernel_layout)
-                        .translate(str.maketrans("CM", "OI")), rank)
+    layout = generalize(
+      (s.depthwise_kernel_layout or s.kernel_layout).translate(str.maketrans("CM", "OI")), rank
+    )
     if "C" in (s.depthwise_kernel_layout or ""):
       shape = [c if a == "O" else mult if a == "I" else sizes[a] for a in layout]
     else:
@@ -264,8 +279,9 @@ def test_depthwise_every_pair_computes_the_same(rank):
     y = conv_with(k, src)
     for dst in CONVENTIONS:
       k_dst = fc.convert_depthwise_kernel(k, src, dst, groups=c)
-      np.testing.assert_array_equal(conv_with(k_dst, dst), y,
-                                    err_msg=f"{label(src)} -> {label(dst)}")
+      np.testing.assert_array_equal(
+        conv_with(k_dst, dst), y, err_msg=f"{label(src)} -> {label(dst)}"
+      )
       back = fc.convert_depthwise_kernel(k_dst, dst, src, groups=c)
       assert back.tobytes() == k.tobytes()
 
@@ -316,8 +332,9 @@ def test_dense_after_flatten_of_nchw_moves_to_nhwc(dst):
   c, h, w = 3, 4, 2
   feats = ints((2, c, h, w))
   weight = ints((5, c * h * w))
-  y = torch.nn.functional.linear(torch.flatten(torch.from_numpy(feats), 1),
-                                 torch.from_numpy(weight)).numpy()
+  y = torch.nn.functional.linear(
+    torch.flatten(torch.from_numpy(feats), 1), torch.from_numpy(weight)
+  ).numpy()
   k = fc.convert_linear_kernel(weight, "pytorch", dst, feature_shape=(c, h, w))
   flat = feats.transpose(0, 2, 3, 1).reshape(2, -1)  # NHWC flatten
   got = flat @ (k if fc.get_convention(dst).linear_layout == "IO" else k.T)
@@ -330,8 +347,9 @@ def test_dense_after_flatten_of_nchw_moves_to_nhwc(dst):
   assert back.tobytes() == weight.tobytes()
 
 
-@pytest.mark.parametrize(("a", "b"), list(itertools.product(
-    ["pytorch", "flax", "equinox", CUSTOM], repeat=2)))
+@pytest.mark.parametrize(
+  ("a", "b"), list(itertools.product(["pytorch", "flax", "equinox", CUSTOM], repeat=2))
+)
 def test_dense_after_flatten_every_pair_1d_and_3d(a, b):
   for feature in [(3, 5), (3, 2, 4), (2, 3, 2, 2)]:
     n = len(feature) - 1

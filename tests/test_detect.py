@@ -53,13 +53,13 @@ def _assert_reproduces(match, x, kernel, y, bias=None, transposed=False):
 
 
 @pytest.mark.parametrize(
-    "kernel_size, stride, padding, groups",
-    [
-        ((3, 3), 1, 1, 1),
-        ((3, 3), 2, 0, 2),
-        ((4, 4), 1, "same", 1),  # even kernel: the odd extra row/column at the end
-        ((3, 2), (2, 1), (1, 0), 1),
-    ],
+  "kernel_size, stride, padding, groups",
+  [
+    ((3, 3), 1, 1, 1),
+    ((3, 3), 2, 0, 2),
+    ((4, 4), 1, "same", 1),  # even kernel: the odd extra row/column at the end
+    ((3, 2), (2, 1), (1, 0), 1),
+  ],
 )
 def test_pytorch_conv2d_is_detected_as_pytorch(kernel_size, stride, padding, groups):
   torch = pytest.importorskip("torch")
@@ -246,9 +246,12 @@ def test_onnx_same_lower_is_detected():
   w = _f32(_rng(12), 3, 2, 2, 2)
   node = helper.make_node("Conv", ["x", "w"], ["y"], auto_pad="SAME_LOWER")
   graph = helper.make_graph(
-      [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
-      [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-      [onnx.numpy_helper.from_array(w, "w")])
+    [node],
+    "g",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    [onnx.numpy_helper.from_array(w, "w")],
+  )
   model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
   model.ir_version = 8
   sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -358,10 +361,17 @@ def test_keras_conv2d_transpose_is_detected_as_tensorflow():
 def _scipy_conv(x, w, mode):
   """A flipped-kernel (true) convolution layer, NCHW/OIHW, from scipy.signal.convolve."""
   signal = pytest.importorskip("scipy.signal")
-  return np.stack([
-      np.stack([sum(signal.convolve(x[n, i], w[o, i], mode=mode) for i in range(x.shape[1]))
-                for o in range(w.shape[0])])
-      for n in range(x.shape[0])]).astype(np.float32)
+  return np.stack(
+    [
+      np.stack(
+        [
+          sum(signal.convolve(x[n, i], w[o, i], mode=mode) for i in range(x.shape[1]))
+          for o in range(w.shape[0])
+        ]
+      )
+      for n in range(x.shape[0])
+    ]
+  ).astype(np.float32)
 
 
 @pytest.mark.parametrize("mode, padding", [("valid", "VALID"), ("full", "FULL")])
@@ -411,7 +421,8 @@ def test_theano_fixtures_are_detected_as_theano(path):
     pytest.skip(f"{path}: no x/kernel/y arrays (has {sorted(data)})")
   name = os.path.basename(path).lower()
   transposed = bool(_first(data, ("transposed",))) or any(
-      w in name for w in ("grad_wrt_inputs", "transpose", "deconv"))
+    w in name for w in ("grad_wrt_inputs", "transpose", "deconv")
+  )
   strides = _first(data, ("strides", "subsample"))
   fixed = {} if strides is None else {"strides": tuple(int(s) for s in np.ravel(strides))}
   # The search tries one dilation for all axes and pads up to k_eff - 1: give the
@@ -426,8 +437,9 @@ def test_theano_fixtures_are_detected_as_theano(path):
   # cross-correlations: a non-flipping convention must be found, not theano.
   flip = bool(data["filter_flip"]) if "filter_flip" in data else fc.get_convention("theano").flip
 
-  matches = fc.detect_convention(x, kernel, y, bias=_first(data, ("bias", "b")),
-                                 transposed=transposed, **fixed)
+  matches = fc.detect_convention(
+    x, kernel, y, bias=_first(data, ("bias", "b")), transposed=transposed, **fixed
+  )
 
   assert matches, f"{path}: nothing matched"
   best = matches[0]
@@ -450,24 +462,27 @@ def test_shapes_that_fit_no_convention_raise_and_say_why():
 
 
 @pytest.mark.parametrize(
-    "kwargs, error, pattern",
-    [
-        ({"x": np.ones((1, 2, 5, 5), bool)}, TypeError, "x has dtype bool"),
-        ({"y": np.full((1, 3, 3, 3), "a")}, TypeError, "y has dtype <U1"),
-        ({"kernel": None}, TypeError, "kernel must be an array, got None"),
-        ({"kernel": np.ones((3, 2), np.float32)}, ValueError, "kernel must have rank >= 3"),
-        ({"y": np.ones((1, 3, 3), np.float32)}, ValueError, "ranks"),
-        ({"y": np.full((1, 3, 3, 3), np.nan, np.float32)}, ValueError, "y contains NaN"),
-        ({"y": np.zeros((1, 3, 3, 3), np.float32)}, ValueError, "y is all zeros"),
-        ({"stride": 2}, TypeError, "unexpected keyword argument 'stride'.*'strides'"),
-        ({"transposed": True, "pad_mode": "reflect"}, TypeError, "pad_mode is an argument"),
-        ({"rtol": -1.0}, ValueError, "rtol must be a positive number"),
-        ({"bias": np.ones((3, 2), np.float32)}, ValueError, "bias must hold one value"),
-    ],
+  "kwargs, error, pattern",
+  [
+    ({"x": np.ones((1, 2, 5, 5), bool)}, TypeError, "x has dtype bool"),
+    ({"y": np.full((1, 3, 3, 3), "a")}, TypeError, "y has dtype <U1"),
+    ({"kernel": None}, TypeError, "kernel must be an array, got None"),
+    ({"kernel": np.ones((3, 2), np.float32)}, ValueError, "kernel must have rank >= 3"),
+    ({"y": np.ones((1, 3, 3), np.float32)}, ValueError, "ranks"),
+    ({"y": np.full((1, 3, 3, 3), np.nan, np.float32)}, ValueError, "y contains NaN"),
+    ({"y": np.zeros((1, 3, 3, 3), np.float32)}, ValueError, "y is all zeros"),
+    ({"stride": 2}, TypeError, "unexpected keyword argument 'stride'.*'strides'"),
+    ({"transposed": True, "pad_mode": "reflect"}, TypeError, "pad_mode is an argument"),
+    ({"rtol": -1.0}, ValueError, "rtol must be a positive number"),
+    ({"bias": np.ones((3, 2), np.float32)}, ValueError, "bias must hold one value"),
+  ],
 )
 def test_bad_inputs_raise_clear_errors(kwargs, error, pattern):
-  args = {"x": np.ones((1, 2, 5, 5), np.float32), "kernel": np.ones((3, 2, 3, 3), np.float32),
-          "y": np.ones((1, 3, 3, 3), np.float32)}
+  args = {
+    "x": np.ones((1, 2, 5, 5), np.float32),
+    "kernel": np.ones((3, 2, 3, 3), np.float32),
+    "y": np.ones((1, 3, 3, 3), np.float32),
+  }
   args.update(kwargs)
   with pytest.raises(error, match=pattern):
     fc.detect_convention(args.pop("x"), args.pop("kernel"), args.pop("y"), **args)
@@ -521,16 +536,25 @@ def test_cli_detect_exits_1_and_says_what_was_tried(tmp_path, torch_layer_file):
 
 
 @pytest.mark.parametrize(
-    "content, pattern",
-    [
-        (None, "no such file"),
-        (b"not an npz", "not a readable .npz"),
-        ({"x": np.ones((1, 2, 5, 5)), "kernel": np.ones((3, 2, 3, 3))}, "lacks the array 'y'"),
-        ({"x": np.ones((1, 2, 5, 5)), "kernel": np.ones((3, 2, 3, 3)), "y": np.ones((1, 3, 3)),
-          "stride": np.array(1)}, "unknown entry 'stride'"),
-        ({"x": np.ones((1, 2, 5, 5)), "kernel": np.ones((3, 2, 3, 3)),
-          "y": np.ones((1, 9, 3, 3))}, "no convention or flip/layout combination fits"),
-    ],
+  "content, pattern",
+  [
+    (None, "no such file"),
+    (b"not an npz", "not a readable .npz"),
+    ({"x": np.ones((1, 2, 5, 5)), "kernel": np.ones((3, 2, 3, 3))}, "lacks the array 'y'"),
+    (
+      {
+        "x": np.ones((1, 2, 5, 5)),
+        "kernel": np.ones((3, 2, 3, 3)),
+        "y": np.ones((1, 3, 3)),
+        "stride": np.array(1),
+      },
+      "unknown entry 'stride'",
+    ),
+    (
+      {"x": np.ones((1, 2, 5, 5)), "kernel": np.ones((3, 2, 3, 3)), "y": np.ones((1, 9, 3, 3))},
+      "no convention or flip/layout combination fits",
+    ),
+  ],
 )
 def test_cli_detect_exits_2_on_a_bad_file(tmp_path, content, pattern):
   path = tmp_path / "bad.npz"

@@ -35,11 +35,11 @@ def test_sharded_training_example_runs_and_its_checks_hold(tmp_path, capsys, mon
   assert out.rstrip().endswith("All checks held."), out
   lines = out.splitlines()
   for needle in (
-      "conv1/kernel   (16, 3, 3, 3)    P('model', None, None, None)",
-      "conv2/kernel   (16, 16, 3, 3)   P(None, 'model', None, None)",
-      "head/kernel    (10, 16, 1, 1)   P('model', None, None, None)",
-      "collectives in the compiled sharded step: all-reduce",
-      "ok     the sharded losses equal the single-device losses",
+    "conv1/kernel   (16, 3, 3, 3)    P('model', None, None, None)",
+    "conv2/kernel   (16, 16, 3, 3)   P(None, 'model', None, None)",
+    "head/kernel    (10, 16, 1, 1)   P('model', None, None, None)",
+    "collectives in the compiled sharded step: all-reduce",
+    "ok     the sharded losses equal the single-device losses",
   ):
     assert any(needle in line for line in lines), f"no line with {needle!r} in:\n{out}"
   assert out.count("ok     ") == 6
@@ -49,9 +49,17 @@ def test_sharded_training_example_runs_and_its_checks_hold(tmp_path, capsys, mon
 def test_sharded_training_example_sets_its_own_device_count():
   """Imported in a fresh interpreter without XLA_FLAGS: the script's flag gives 8 devices."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  code = ("import runpy, sys; runpy.run_path(sys.argv[1], run_name='example'); "
-          "import jax; print(len(jax.devices()))")
-  done = subprocess.run([sys.executable, "-c", code, str(EXAMPLE)], env=env,
-                        capture_output=True, text=True, timeout=120, check=False)
+  code = (
+    "import runpy, sys; runpy.run_path(sys.argv[1], run_name='example'); "
+    "import jax; print(len(jax.devices()))"
+  )
+  done = subprocess.run(
+    [sys.executable, "-c", code, str(EXAMPLE)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
   assert done.returncode == 0, done.stderr
   assert done.stdout.split() == ["8"], done.stdout

@@ -26,9 +26,9 @@ from flipconv import _auto, _fft
 scipy_signal = pytest.importorskip("scipy.signal")
 
 LAYOUTS = {
-    1: [("NWC", "WIO"), ("NCW", "OIW"), ("CW", "WIO"), ("WNC", "IWO")],
-    2: [("NHWC", "HWIO"), ("NCHW", "OIHW"), ("NWHC", "WHOI"), ("HWCN", "OHWI")],
-    3: [("NDHWC", "DHWIO"), ("NCDHW", "OIDHW")],
+  1: [("NWC", "WIO"), ("NCW", "OIW"), ("CW", "WIO"), ("WNC", "IWO")],
+  2: [("NHWC", "HWIO"), ("NCHW", "OIHW"), ("NWHC", "WHOI"), ("HWCN", "OHWI")],
+  3: [("NDHWC", "DHWIO"), ("NCDHW", "OIDHW")],
 }
 MAX_SIZE = {1: 40, 2: 12, 3: 6}
 PADDING_NAMES = ("VALID", "SAME", "SAME_LOWER", "FULL", "HALF", "CAUSAL")
@@ -85,8 +85,9 @@ def test_fast_length_is_the_smallest_7_smooth_length_at_least_n():
 
 def test_full_convolution_needs_no_fft_length_for_its_padding():
   # 65,536 samples * 8,192 taps "FULL": n >= 65536 + 8191, not 65536 + 2 * 8191.
-  p = _fft.plan((1, 1, 65536), (1, 1, 8192), window_strides=(1,), padding=[(8191, 8191)],
-                block_lengths=(0,))
+  p = _fft.plan(
+    (1, 1, 65536), (1, 1, 8192), window_strides=(1,), padding=[(8191, 8191)], block_lengths=(0,)
+  )
   assert p.lengths == (73728,) and p.out == (65536 + 8191,)
 
 
@@ -96,8 +97,9 @@ def test_full_convolution_needs_no_fft_length_for_its_padding():
 @st.composite
 def lax_args(draw):
   n = draw(st.integers(1, 3))
-  lhs, rhs, out = ("".join(draw(st.permutations(letters + "DHW"[3 - n:])))
-                   for letters in ("NC", "OI", "NC"))
+  lhs, rhs, out = (
+    "".join(draw(st.permutations(letters + "DHW"[3 - n :]))) for letters in ("NC", "OI", "NC")
+  )
   spatial = "".join(c for c in rhs if c not in "OI")  # lax's order for per-dimension arguments
   groups = draw(st.integers(1, 3))
   c_in, c_out = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 2))
@@ -116,11 +118,17 @@ def lax_args(draw):
   batch = draw(st.integers(1, 2))
   lhs_shape = shape_of(lhs, {"N": batch, "C": c_in, **sizes})
   rhs_shape = shape_of(rhs, {"O": c_out, "I": c_in // groups, **taps})
-  blocks = draw(st.one_of(st.none(), st.lists(st.sampled_from([0, 1, 2, 5]), min_size=n,
-                                                max_size=n)))
-  kwargs = dict(window_strides=tuple(strides), padding=tuple(pads), lhs_dilation=tuple(in_dil),
-                rhs_dilation=tuple(k_dil), dimension_numbers=(lhs, rhs, out),
-                feature_group_count=groups)
+  blocks = draw(
+    st.one_of(st.none(), st.lists(st.sampled_from([0, 1, 2, 5]), min_size=n, max_size=n))
+  )
+  kwargs = dict(
+    window_strides=tuple(strides),
+    padding=tuple(pads),
+    lhs_dilation=tuple(in_dil),
+    rhs_dilation=tuple(k_dil),
+    dimension_numbers=(lhs, rhs, out),
+    feature_group_count=groups,
+  )
   return lhs_shape, rhs_shape, kwargs, blocks
 
 
@@ -132,10 +140,13 @@ def test_conv_general_dilated_fft_equals_lax_for_every_argument(args, dtype, see
   ref = lax.conv_general_dilated(x, k, **kwargs)
   if blocks is not None:  # force overlap-save blocks of a few times the kernel's length
     p = _fft.plan(lhs_shape, rhs_shape, **kwargs)
-    blocks = [b * a.kernel_blocks and _fft.fast_length(b * a.kernel_blocks + 1)
-              for b, a in zip(blocks, p.axes, strict=True)]
-  got = jax.jit(lambda a, b: _fft.conv_general_dilated_fft(a, b, **kwargs,
-                                                           block_lengths=blocks))(x, k)
+    blocks = [
+      b * a.kernel_blocks and _fft.fast_length(b * a.kernel_blocks + 1)
+      for b, a in zip(blocks, p.axes, strict=True)
+    ]
+  got = jax.jit(lambda a, b: _fft.conv_general_dilated_fft(a, b, **kwargs, block_lengths=blocks))(
+    x, k
+  )
   assert got.dtype == ref.dtype and got.shape == ref.shape
   scale = np.abs(x).max() * np.abs(k).max()
   assert rel_err(got, ref, scale) <= tolerance(dtype, math.prod(rhs_shape))
@@ -155,25 +166,40 @@ def conv_args(draw):
   c_out = groups * draw(st.integers(1, 2))
   sizes = {c: draw(st.integers(3, MAX_SIZE[n])) for c in spatial}
   taps = {c: draw(st.integers(1, min(sizes[c], 7 if n == 1 else 3))) for c in spatial}
-  padding = draw(st.one_of(
-      st.sampled_from(PADDING_NAMES), st.integers(0, 3),
+  padding = draw(
+    st.one_of(
+      st.sampled_from(PADDING_NAMES),
+      st.integers(0, 3),
       st.lists(st.integers(0, 3), min_size=n, max_size=n),
-      st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), min_size=n, max_size=n)))
+      st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), min_size=n, max_size=n),
+    )
+  )
   input_dilation = draw(st.integers(1, 2))
   pad_mode = "zeros"
   if input_dilation == 1 and draw(st.booleans()):
     pad_mode = draw(st.sampled_from(PAD_MODES))
   kwargs = dict(
-      flip=draw(st.booleans()), strides=draw(st.integers(1, 3)), padding=padding,
-      dilation=draw(st.integers(1, 2)), input_dilation=input_dilation, groups=groups,
-      layout=layout, kernel_layout=kernel_layout, pad_mode=pad_mode)
+    flip=draw(st.booleans()),
+    strides=draw(st.integers(1, 3)),
+    padding=padding,
+    dilation=draw(st.integers(1, 2)),
+    input_dilation=input_dilation,
+    groups=groups,
+    layout=layout,
+    kernel_layout=kernel_layout,
+    pad_mode=pad_mode,
+  )
   x_shape = shape_of(layout, {"N": draw(st.integers(1, 2)), "C": c_in, **sizes})
   k_shape = shape_of(kernel_layout, {"O": c_out, "I": c_in // groups, **taps})
   return x_shape, k_shape, kwargs
 
 
-@given(conv_args(), st.sampled_from([jnp.float32, jnp.complex64]),
-       st.sampled_from(["fft", "auto"]), st.integers(0, 2**31))
+@given(
+  conv_args(),
+  st.sampled_from([jnp.float32, jnp.complex64]),
+  st.sampled_from(["fft", "auto"]),
+  st.integers(0, 2**31),
+)
 def test_conv_fft_equals_direct_for_every_argument(args, dtype, method, seed):
   x_shape, k_shape, kwargs = args
   rng = np.random.default_rng(seed)
@@ -194,15 +220,25 @@ def test_conv_fft_equals_direct_for_every_argument(args, dtype, method, seed):
 def test_conv_fft_flip_false_equals_lax_called_directly(layout, kernel_layout):
   n = len(layout) - 2
   rng = np.random.default_rng(0)
-  x = rng.standard_normal((2, 3) + (21,) * n if layout[1] == "C" else (2, 21, 3),
-                          dtype=np.float32)
-  k = rng.standard_normal((4, 3) + (5,) * n if kernel_layout[0] == "O" else (5, 3, 4),
-                          dtype=np.float32)
+  x = rng.standard_normal((2, 3) + (21,) * n if layout[1] == "C" else (2, 21, 3), dtype=np.float32)
+  k = rng.standard_normal(
+    (4, 3) + (5,) * n if kernel_layout[0] == "O" else (5, 3, 4), dtype=np.float32
+  )
   pads = [(3, 1)] * n
-  got = fc.conv(x, k, flip=False, padding=pads, strides=2, dilation=2, layout=layout,
-                kernel_layout=kernel_layout, method="fft")
-  ref = lax.conv_general_dilated(x, k, (2,) * n, pads, rhs_dilation=(2,) * n,
-                                 dimension_numbers=(layout, kernel_layout, layout))
+  got = fc.conv(
+    x,
+    k,
+    flip=False,
+    padding=pads,
+    strides=2,
+    dilation=2,
+    layout=layout,
+    kernel_layout=kernel_layout,
+    method="fft",
+  )
+  ref = lax.conv_general_dilated(
+    x, k, (2,) * n, pads, rhs_dilation=(2,) * n, dimension_numbers=(layout, kernel_layout, layout)
+  )
   assert rel_err(got, ref) <= tolerance(np.float32, 3 * 5**n)
 
 
@@ -215,8 +251,12 @@ def test_fft_convolve_matches_scipy_single_channel(n, size, taps, mode, padding)
   rng = np.random.default_rng(n)
   x = rng.standard_normal((size,) * n)
   k = rng.standard_normal((taps,) * n)
-  got = fc.convolve(x[None, ..., None].astype(np.float32), k[..., None, None].astype(np.float32),
-                    padding=padding, method="fft")[0, ..., 0]
+  got = fc.convolve(
+    x[None, ..., None].astype(np.float32),
+    k[..., None, None].astype(np.float32),
+    padding=padding,
+    method="fft",
+  )[0, ..., 0]
   ref = scipy_signal.fftconvolve(x, k, mode=mode)
   assert rel_err(got, ref) <= tolerance(np.float32, taps**n)
   direct = scipy_signal.convolve(x, k, mode=mode, method="direct")  # a second, non-FFT oracle
@@ -227,8 +267,12 @@ def test_fft_complex_convolve_matches_scipy():
   rng = np.random.default_rng(1)
   x = rng.standard_normal(200) + 1j * rng.standard_normal(200)
   k = rng.standard_normal(31) + 1j * rng.standard_normal(31)
-  got = fc.convolve(x[None, :, None].astype(np.complex64), k[:, None, None].astype(np.complex64),
-                    padding="SAME", method="fft")[0, :, 0]
+  got = fc.convolve(
+    x[None, :, None].astype(np.complex64),
+    k[:, None, None].astype(np.complex64),
+    padding="SAME",
+    method="fft",
+  )[0, :, 0]
   ref = scipy_signal.convolve(x, k, mode="same", method="direct")
   assert got.dtype == jnp.complex64
   assert rel_err(got, ref) <= tolerance(np.complex64, 31)
@@ -238,8 +282,14 @@ def test_float64_fft_is_exact_to_double_rounding():
   rng = np.random.default_rng(2)
   x = rng.standard_normal((2, 3, 500))
   k = rng.standard_normal((4, 3, 101))
-  kw = dict(flip=True, layout="NCW", kernel_layout="OIW", padding="SAME", strides=3,
-            precision=lax.Precision.HIGHEST)
+  kw = dict(
+    flip=True,
+    layout="NCW",
+    kernel_layout="OIW",
+    padding="SAME",
+    strides=3,
+    precision=lax.Precision.HIGHEST,
+  )
   with jax.enable_x64(True):
     got = fc.conv(x, k, method="fft", **kw)
     ref = fc.conv(x, k, **kw)
@@ -253,8 +303,12 @@ def test_float32_long_kernel_error_against_float64():
   rng = np.random.default_rng(3)
   x = rng.standard_normal(65536)
   k = rng.standard_normal(8192)
-  got = fc.convolve(x[None, :, None].astype(np.float32), k[:, None, None].astype(np.float32),
-                    padding="FULL", method="fft")[0, :, 0]
+  got = fc.convolve(
+    x[None, :, None].astype(np.float32),
+    k[:, None, None].astype(np.float32),
+    padding="FULL",
+    method="fft",
+  )[0, :, 0]
   assert rel_err(got, scipy_signal.fftconvolve(x, k)) <= 1e-6
 
 
@@ -274,18 +328,24 @@ def test_half_precision_is_computed_in_float32_and_cast_back(dtype):
 # --- jit, grad, vmap, conv_transpose ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs", [
+@pytest.mark.parametrize(
+  "kwargs",
+  [
     dict(flip=True, padding="SAME", strides=2, layout="NCW", kernel_layout="OIW"),
     dict(flip=False, padding="FULL", dilation=2, groups=2, input_dilation=2),
     dict(flip=True, padding=((1, 2), (2, 0)), strides=(2, 1), pad_mode="reflect"),
-])
+  ],
+)
 def test_gradients_equal_the_direct_methods(kwargs):
   n = 2 if isinstance(kwargs["padding"], tuple) else 1
   rng = np.random.default_rng(5)
   layout = kwargs.get("layout", "NWC" if n == 1 else "NHWC")
   x_shape = (2, 4, 30) if layout == "NCW" else (2, *(13,) * n, 4)
-  k_shape = (6, 4 // kwargs.get("groups", 1), 9) if layout == "NCW" else (
-      *(5,) * n, 4 // kwargs.get("groups", 1), 6)
+  k_shape = (
+    (6, 4 // kwargs.get("groups", 1), 9)
+    if layout == "NCW"
+    else (*(5,) * n, 4 // kwargs.get("groups", 1), 6)
+  )
   x = rng.standard_normal(x_shape).astype(np.float32)
   k = rng.standard_normal(k_shape).astype(np.float32)
   y = fc.conv(x, k, **kwargs)
@@ -308,13 +368,15 @@ def test_vmap_over_kernels_equals_the_direct_method():
   assert rel_err(conv("fft")(ks), conv("direct")(ks)) <= tolerance(np.float32, 33)
 
 
-@pytest.mark.parametrize("kwargs", [
+@pytest.mark.parametrize(
+  "kwargs",
+  [
     dict(flip=False, strides=2, padding="SAME"),
     dict(flip=True, strides=3, padding=2, output_padding=1),
     dict(flip=False, strides=2, padding="VALID", dilation=2, groups=2),
-    dict(flip=True, strides=(2, 3), padding=((3, 1), (0, 4)), layout="NCHW",
-         kernel_layout="OIHW"),
-])
+    dict(flip=True, strides=(2, 3), padding=((3, 1), (0, 4)), layout="NCHW", kernel_layout="OIHW"),
+  ],
+)
 def test_conv_transpose_fft_equals_direct(kwargs):
   rng = np.random.default_rng(7)
   n = 2 if kwargs.get("layout") == "NCHW" else 1
@@ -353,8 +415,10 @@ def test_auto_picks_fft_for_long_kernels_and_direct_for_small_convnet_layers():
 def test_auto_is_direct_for_1x1_kernels_and_integers():
   kw = dict(window_strides=(1,), padding=[(0, 0)])
   assert _auto.choose_method((1, 1, 65536), (1, 1, 1), platform="cpu", **kw) == "direct"
-  assert _auto.choose_method((1, 1, 65536), (1, 1, 8192), dtype=jnp.int32, platform="cpu",
-                             **kw) == "direct"
+  assert (
+    _auto.choose_method((1, 1, 65536), (1, 1, 8192), dtype=jnp.int32, platform="cpu", **kw)
+    == "direct"
+  )
   x = np.arange(200, dtype=np.int32).reshape(1, 200, 1)
   k = np.ones((150, 1, 1), np.int32)
   got = fc.convolve(x, k, method="auto")
@@ -392,8 +456,9 @@ def test_integer_inputs_with_fft_say_to_use_direct():
 
 def test_block_length_shorter_than_the_kernel_is_refused():
   with pytest.raises(ValueError, match="block length 8 is shorter than the kernel's 10"):
-    _fft.conv_general_dilated_fft(np.ones((1, 1, 50)), np.ones((1, 1, 10)), (1,), [(0, 0)],
-                                  block_lengths=(8,))
+    _fft.conv_general_dilated_fft(
+      np.ones((1, 1, 50)), np.ones((1, 1, 10)), (1,), [(0, 0)], block_lengths=(8,)
+    )
 
 
 @settings(max_examples=10)

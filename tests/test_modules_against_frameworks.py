@@ -54,8 +54,9 @@ def x64():
   return enable_x64()
 
 
-def linen_apply(layer: nn.Module, x: np.ndarray, kernel: np.ndarray,
-                bias: np.ndarray | None) -> np.ndarray:
+def linen_apply(
+  layer: nn.Module, x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None
+) -> np.ndarray:
   """``layer`` applied (jitted) with ``kernel``/``bias`` as given, after checking that they
   have the shapes of the params it creates."""
   params = {"kernel": kernel} if bias is None else {"kernel": kernel, "bias": bias}
@@ -64,8 +65,9 @@ def linen_apply(layer: nn.Module, x: np.ndarray, kernel: np.ndarray,
   return np.asarray(jax.jit(layer.apply)({"params": params}, x))
 
 
-def nnx_apply(layer: nnx.Module, x: np.ndarray, kernel: np.ndarray,
-              bias: np.ndarray | None) -> np.ndarray:
+def nnx_apply(
+  layer: nnx.Module, x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None
+) -> np.ndarray:
   """``layer`` called (jitted) after ``kernel``/``bias`` are assigned to its params as they
   are."""
   assert layer.kernel.shape == kernel.shape
@@ -102,68 +104,113 @@ def float32_tolerance(fan_in: int) -> float:
 # name: torch constructor arguments (in_channels, out_channels, kernel_size, ...) and the
 # input's spatial size. Values are passed to flipconv in the same form (int or tuple).
 TORCH_CONV = {
-    "1d-int-pad-stride2": dict(size=(11,), c_in=3, c_out=4, k=3, stride=2, padding=1),
-    "1d-tuple-pad-dilation-groups": dict(size=(12,), c_in=6, c_out=9, k=3, padding=(2,),
-                                         dilation=2, groups=3),
-    "1d-valid-no-bias": dict(size=(9,), c_in=2, c_out=3, k=4, padding="valid", bias=False),
-    "1d-same-even": dict(size=(10,), c_in=3, c_out=2, k=4, padding="same"),
-    "1d-same-even-dilation3": dict(size=(13,), c_in=2, c_out=3, k=4, padding="same",
-                                   dilation=3),
-    "1d-reflect": dict(size=(9,), c_in=2, c_out=3, k=5, padding=2, padding_mode="reflect"),
-    "1d-circular-stride3": dict(size=(10,), c_in=2, c_out=2, k=3, stride=3, padding=2,
-                                padding_mode="circular"),
-    "2d-default": dict(size=(7, 8), c_in=3, c_out=4, k=3),
-    "2d-stride-tuple-pad": dict(size=(9, 8), c_in=3, c_out=5, k=(3, 2), stride=(2, 1),
-                                padding=(1, 2)),
-    "2d-dilation-groups": dict(size=(10, 9), c_in=4, c_out=6, k=3, dilation=(2, 1),
-                               padding=(2, 1), groups=2),
-    "2d-depthwise-stride2": dict(size=(9, 9), c_in=4, c_out=8, k=3, stride=2, padding=1,
-                                 groups=4),
-    "2d-same-odd": dict(size=(7, 6), c_in=3, c_out=4, k=3, padding="same"),
-    "2d-same-even": dict(size=(7, 6), c_in=2, c_out=3, k=(4, 2), padding="same"),
-    "2d-same-even-dilation-groups": dict(size=(8, 7), c_in=4, c_out=4, k=(2, 3),
-                                         padding="same", dilation=(3, 2), groups=2),
-    "2d-reflect-tuple-pad": dict(size=(8, 7), c_in=2, c_out=3, k=3, padding=(1, 2),
-                                 padding_mode="reflect"),
-    "2d-replicate-stride2": dict(size=(7, 8), c_in=3, c_out=2, k=(3, 4), stride=2, padding=2,
-                                 padding_mode="replicate"),
-    "2d-circular-dilation": dict(size=(8, 8), c_in=2, c_out=3, k=3, padding=(2, 1),
-                                 dilation=2, padding_mode="circular"),
-    "2d-same-even-reflect": dict(size=(7, 6), c_in=2, c_out=3, k=(4, 3), padding="same",
-                                 padding_mode="reflect"),
-    "2d-same-even-circular": dict(size=(6, 7), c_in=2, c_out=2, k=(2, 4), padding="same",
-                                  padding_mode="circular"),
-    "3d-int-pad-stride": dict(size=(6, 5, 7), c_in=2, c_out=3, k=3, stride=(2, 1, 2),
-                              padding=1),
-    "3d-groups-dilation": dict(size=(7, 6, 6), c_in=4, c_out=6, k=(2, 3, 2),
-                               dilation=(2, 1, 2), padding=(1, 0, 2), groups=2),
-    "3d-same-even": dict(size=(5, 6, 5), c_in=2, c_out=3, k=(2, 3, 4), padding="same"),
-    "3d-replicate": dict(size=(5, 5, 6), c_in=2, c_out=2, k=3, padding=(1, 2, 1),
-                         padding_mode="replicate"),
-    "3d-circular-no-bias": dict(size=(5, 6, 5), c_in=3, c_out=2, k=(3, 2, 3), padding=1,
-                                padding_mode="circular", bias=False),
+  "1d-int-pad-stride2": dict(size=(11,), c_in=3, c_out=4, k=3, stride=2, padding=1),
+  "1d-tuple-pad-dilation-groups": dict(
+    size=(12,), c_in=6, c_out=9, k=3, padding=(2,), dilation=2, groups=3
+  ),
+  "1d-valid-no-bias": dict(size=(9,), c_in=2, c_out=3, k=4, padding="valid", bias=False),
+  "1d-same-even": dict(size=(10,), c_in=3, c_out=2, k=4, padding="same"),
+  "1d-same-even-dilation3": dict(size=(13,), c_in=2, c_out=3, k=4, padding="same", dilation=3),
+  "1d-reflect": dict(size=(9,), c_in=2, c_out=3, k=5, padding=2, padding_mode="reflect"),
+  "1d-circular-stride3": dict(
+    size=(10,), c_in=2, c_out=2, k=3, stride=3, padding=2, padding_mode="circular"
+  ),
+  "2d-default": dict(size=(7, 8), c_in=3, c_out=4, k=3),
+  "2d-stride-tuple-pad": dict(
+    size=(9, 8), c_in=3, c_out=5, k=(3, 2), stride=(2, 1), padding=(1, 2)
+  ),
+  "2d-dilation-groups": dict(
+    size=(10, 9), c_in=4, c_out=6, k=3, dilation=(2, 1), padding=(2, 1), groups=2
+  ),
+  "2d-depthwise-stride2": dict(size=(9, 9), c_in=4, c_out=8, k=3, stride=2, padding=1, groups=4),
+  "2d-same-odd": dict(size=(7, 6), c_in=3, c_out=4, k=3, padding="same"),
+  "2d-same-even": dict(size=(7, 6), c_in=2, c_out=3, k=(4, 2), padding="same"),
+  "2d-same-even-dilation-groups": dict(
+    size=(8, 7), c_in=4, c_out=4, k=(2, 3), padding="same", dilation=(3, 2), groups=2
+  ),
+  "2d-reflect-tuple-pad": dict(
+    size=(8, 7), c_in=2, c_out=3, k=3, padding=(1, 2), padding_mode="reflect"
+  ),
+  "2d-replicate-stride2": dict(
+    size=(7, 8), c_in=3, c_out=2, k=(3, 4), stride=2, padding=2, padding_mode="replicate"
+  ),
+  "2d-circular-dilation": dict(
+    size=(8, 8), c_in=2, c_out=3, k=3, padding=(2, 1), dilation=2, padding_mode="circular"
+  ),
+  "2d-same-even-reflect": dict(
+    size=(7, 6), c_in=2, c_out=3, k=(4, 3), padding="same", padding_mode="reflect"
+  ),
+  "2d-same-even-circular": dict(
+    size=(6, 7), c_in=2, c_out=2, k=(2, 4), padding="same", padding_mode="circular"
+  ),
+  "3d-int-pad-stride": dict(size=(6, 5, 7), c_in=2, c_out=3, k=3, stride=(2, 1, 2), padding=1),
+  "3d-groups-dilation": dict(
+    size=(7, 6, 6), c_in=4, c_out=6, k=(2, 3, 2), dilation=(2, 1, 2), padding=(1, 0, 2), groups=2
+  ),
+  "3d-same-even": dict(size=(5, 6, 5), c_in=2, c_out=3, k=(2, 3, 4), padding="same"),
+  "3d-replicate": dict(
+    size=(5, 5, 6), c_in=2, c_out=2, k=3, padding=(1, 2, 1), padding_mode="replicate"
+  ),
+  "3d-circular-no-bias": dict(
+    size=(5, 6, 5), c_in=3, c_out=2, k=(3, 2, 3), padding=1, padding_mode="circular", bias=False
+  ),
 }
 
 # name: torch ConvTranspose constructor arguments and the input's spatial size.
 TORCH_CONV_TRANSPOSE = {
-    "1d-stride2-pad-output-padding": dict(size=(7,), c_in=3, c_out=4, k=4, stride=2,
-                                          padding=1, output_padding=1),
-    "1d-dilation-groups": dict(size=(6,), c_in=4, c_out=6, k=3, stride=3, padding=2,
-                               dilation=2, groups=2, output_padding=2),
-    "1d-default-no-bias": dict(size=(5,), c_in=2, c_out=3, k=3, bias=False),
-    "2d-stride-tuple-pad-output-padding": dict(size=(5, 6), c_in=3, c_out=4, k=(3, 2),
-                                               stride=(2, 3), padding=(1, 0),
-                                               output_padding=(1, 2)),
-    "2d-stride2-pad1-even": dict(size=(4, 5), c_in=3, c_out=2, k=4, stride=2, padding=1),
-    "2d-groups-dilation": dict(size=(4, 5), c_in=6, c_out=3, k=(2, 3), stride=(3, 1),
-                               padding=(2, 1), dilation=(2, 2), groups=3,
-                               output_padding=(2, 1)),
-    "2d-depthwise": dict(size=(5, 5), c_in=4, c_out=8, k=3, stride=2, padding=1,
-                         dilation=(1, 2), groups=4, output_padding=1),
-    "3d": dict(size=(3, 4, 3), c_in=2, c_out=3, k=(2, 3, 2), stride=(1, 2, 2),
-               padding=(0, 1, 1), output_padding=(0, 1, 0)),
-    "3d-groups": dict(size=(3, 3, 4), c_in=4, c_out=2, k=(3, 2, 2), stride=2,
-                      padding=(1, 0, 1), dilation=(1, 2, 1), groups=2, output_padding=1),
+  "1d-stride2-pad-output-padding": dict(
+    size=(7,), c_in=3, c_out=4, k=4, stride=2, padding=1, output_padding=1
+  ),
+  "1d-dilation-groups": dict(
+    size=(6,), c_in=4, c_out=6, k=3, stride=3, padding=2, dilation=2, groups=2, output_padding=2
+  ),
+  "1d-default-no-bias": dict(size=(5,), c_in=2, c_out=3, k=3, bias=False),
+  "2d-stride-tuple-pad-output-padding": dict(
+    size=(5, 6), c_in=3, c_out=4, k=(3, 2), stride=(2, 3), padding=(1, 0), output_padding=(1, 2)
+  ),
+  "2d-stride2-pad1-even": dict(size=(4, 5), c_in=3, c_out=2, k=4, stride=2, padding=1),
+  "2d-groups-dilation": dict(
+    size=(4, 5),
+    c_in=6,
+    c_out=3,
+    k=(2, 3),
+    stride=(3, 1),
+    padding=(2, 1),
+    dilation=(2, 2),
+    groups=3,
+    output_padding=(2, 1),
+  ),
+  "2d-depthwise": dict(
+    size=(5, 5),
+    c_in=4,
+    c_out=8,
+    k=3,
+    stride=2,
+    padding=1,
+    dilation=(1, 2),
+    groups=4,
+    output_padding=1,
+  ),
+  "3d": dict(
+    size=(3, 4, 3),
+    c_in=2,
+    c_out=3,
+    k=(2, 3, 2),
+    stride=(1, 2, 2),
+    padding=(0, 1, 1),
+    output_padding=(0, 1, 0),
+  ),
+  "3d-groups": dict(
+    size=(3, 3, 4),
+    c_in=4,
+    c_out=2,
+    k=(3, 2, 2),
+    stride=2,
+    padding=(1, 0, 1),
+    dilation=(1, 2, 1),
+    groups=2,
+    output_padding=1,
+  ),
 }
 
 
@@ -194,8 +241,9 @@ def seed_of(name: str) -> int:
   return zlib.crc32(name.encode())
 
 
-def torch_vs_module(torch, spec: dict, family: str, *, transposed: bool, seed: int,
-                    unbatched: bool = False) -> None:
+def torch_vs_module(
+  torch, spec: dict, family: str, *, transposed: bool, seed: int, unbatched: bool = False
+) -> None:
   """The torch layer of ``spec`` and the flipconv module holding its weight and bias
   unchanged give the same output for the same input."""
   layer, x = torch_layer(torch, spec, transposed, seed)
@@ -207,9 +255,14 @@ def torch_vs_module(torch, spec: dict, family: str, *, transposed: bool, seed: i
     expected = layer(torch.from_numpy(x)).numpy()
   weight, bias = torch_params(layer)
   groups, k = spec.get("groups", 1), layer.kernel_size
-  kw = dict(strides=spec.get("stride", 1), kernel_dilation=spec.get("dilation", 1),
-            feature_group_count=groups, use_bias=bias is not None, precision=HIGHEST,
-            convention="pytorch")
+  kw = dict(
+    strides=spec.get("stride", 1),
+    kernel_dilation=spec.get("dilation", 1),
+    feature_group_count=groups,
+    use_bias=bias is not None,
+    precision=HIGHEST,
+    convention="pytorch",
+  )
   if transposed:
     # (in, out / groups, k...): the forward conv's OIHW with O = the transposed layer's input.
     assert weight.shape == (spec["c_in"], spec["c_out"] // groups, *k)
@@ -217,8 +270,9 @@ def torch_vs_module(torch, spec: dict, family: str, *, transposed: bool, seed: i
     cls = fc.linen.ConvTranspose if family == "linen" else fc.nnx.ConvTranspose
   else:
     assert weight.shape == (spec["c_out"], spec["c_in"] // groups, *k)
-    kw.update(padding=flipconv_padding(spec.get("padding", 0)),
-              pad_mode=spec.get("padding_mode", "zeros"))
+    kw.update(
+      padding=flipconv_padding(spec.get("padding", 0)), pad_mode=spec.get("padding_mode", "zeros")
+    )
     cls = fc.linen.Conv if family == "linen" else fc.nnx.Conv
   if family == "linen":
     out = linen_apply(cls(spec["c_out"], k, **kw), x, weight, bias)
@@ -254,8 +308,10 @@ def test_modules_take_unbatched_input_as_torch_does(torch, transposed, family):
 
 FIXTURE_DIR = Path(__file__).parent / "fixtures" / "theano"
 LASAGNE_FILES = sorted(FIXTURE_DIR.glob("lasagne_*.npz"))
-MISSING = (f"no Lasagne fixtures in {FIXTURE_DIR}: they are committed; regenerate them with "
-           "`python tests/fixtures/make_theano_fixtures.py`")
+MISSING = (
+  f"no Lasagne fixtures in {FIXTURE_DIR}: they are committed; regenerate them with "
+  "`python tests/fixtures/make_theano_fixtures.py`"
+)
 TOL64 = 1e-10
 
 
@@ -308,16 +364,20 @@ def lasagne_conv_module(case: dict, family: str):
   # Lasagne's defaults are flip_filters=True for Conv2DLayer, False for Conv2DMMLayer.
   assert convention.flip is (not mm)
   flip_filters = bool(case["lasagne_flip_filters"])
-  kw = dict(strides=ints(case["lasagne_stride"]),
-            padding=lasagne_padding(str(case["lasagne_pad"])),
-            feature_group_count=int(case["lasagne_num_groups"]),
-            flip=None if flip_filters == convention.flip else flip_filters,
-            use_bias="b" in case, convention=convention.name)
+  kw = dict(
+    strides=ints(case["lasagne_stride"]),
+    padding=lasagne_padding(str(case["lasagne_pad"])),
+    feature_group_count=int(case["lasagne_num_groups"]),
+    flip=None if flip_filters == convention.flip else flip_filters,
+    use_bias="b" in case,
+    convention=convention.name,
+  )
   features, size = int(case["lasagne_num_filters"]), ints(case["lasagne_filter_size"])
   if family == "linen":
     return fc.linen.Conv(features, size, **kw)
-  return fc.nnx.Conv(case["x"].shape[1], features, size, param_dtype=jnp.float64,
-                     **nnx_init(), **kw)
+  return fc.nnx.Conv(
+    case["x"].shape[1], features, size, param_dtype=jnp.float64, **nnx_init(), **kw
+  )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -352,16 +412,21 @@ def test_conv_transpose_module_holds_lasagne_W_unchanged(path, family):
     output_padding = 0
     assert case["y"].shape[2:] == default  # Lasagne's default size, which flipconv must give
   # flip_filters=True runs Theano's gradInputs with filter_flip=False.
-  kw = dict(strides=stride, padding=lasagne_padding(str(case["lasagne_crop"])),
-            output_padding=output_padding,
-            flip=False if bool(case["lasagne_flip_filters"]) else None,
-            use_bias="b" in case, convention="lasagne")
+  kw = dict(
+    strides=stride,
+    padding=lasagne_padding(str(case["lasagne_crop"])),
+    output_padding=output_padding,
+    flip=False if bool(case["lasagne_flip_filters"]) else None,
+    use_bias="b" in case,
+    convention="lasagne",
+  )
   with x64():
     if family == "linen":
       out = linen_apply(fc.linen.ConvTranspose(features, size, **kw), x, w, case.get("b"))
     else:
-      module = fc.nnx.ConvTranspose(x.shape[1], features, size, param_dtype=jnp.float64,
-                                    **nnx_init(), **kw)
+      module = fc.nnx.ConvTranspose(
+        x.shape[1], features, size, param_dtype=jnp.float64, **nnx_init(), **kw
+      )
       out = nnx_apply(module, x, w, case.get("b"))
   assert_close(out, case["y"], TOL64)
 
@@ -369,8 +434,11 @@ def test_conv_transpose_module_holds_lasagne_W_unchanged(path, family):
 # ------------------------------------------------------------------------ negative control
 
 # Every forward fixture of a true convolution (flip_filters=True, either layer class).
-FLIPPING = [p for p in lasagne_cases("Conv2DLayer", "Conv2DMMLayer")
-            if p.values[0] is not None and bool(load(p.values[0])["lasagne_flip_filters"])]
+FLIPPING = [
+  p
+  for p in lasagne_cases("Conv2DLayer", "Conv2DMMLayer")
+  if p.values[0] is not None and bool(load(p.values[0])["lasagne_flip_filters"])
+]
 
 
 @pytest.mark.parametrize("path", FLIPPING or [pytest.param(None, id="missing-fixtures")])
@@ -380,9 +448,14 @@ def test_lasagne_W_only_transposed_into_flax_conv_is_wrong(path):
   assert path is not None, MISSING
   case = load(path)
   pads = tuple(tuple(int(v) for v in pair) for pair in case["pads"])  # (low, high) per axis
-  layer = nn.Conv(int(case["lasagne_num_filters"]), ints(case["lasagne_filter_size"]),
-                  strides=ints(case["lasagne_stride"]), padding=pads,
-                  feature_group_count=int(case["lasagne_num_groups"]), use_bias=False)
+  layer = nn.Conv(
+    int(case["lasagne_num_filters"]),
+    ints(case["lasagne_filter_size"]),
+    strides=ints(case["lasagne_stride"]),
+    padding=pads,
+    feature_group_count=int(case["lasagne_num_groups"]),
+    use_bias=False,
+  )
   x_nhwc = case["x"].transpose(0, 2, 3, 1)
 
   def flax_out(kernel_oihw: np.ndarray) -> np.ndarray:

@@ -31,19 +31,24 @@ def test_docstring_examples():
 
 
 def test_state_dict_to_linen_params():
-  sd = {"conv1.weight": rand((3, 3, 2, 4), 1), "conv1.bias": rand((4,), 2),
-        "block.0.conv.weight": rand((1, 1, 4, 4), 3), "head.weight": rand((4, 5), 4),
-        "head.bias": rand((5,), 5)}
+  sd = {
+    "conv1.weight": rand((3, 3, 2, 4), 1),
+    "conv1.bias": rand((4,), 2),
+    "block.0.conv.weight": rand((1, 1, 4, 4), 3),
+    "head.weight": rand((4, 5), 4),
+    "head.bias": rand((5,), 5),
+  }
   out = fc.nest_params(sd)
   expected = {
-      "conv1": {"kernel": "conv1.weight", "bias": "conv1.bias"},
-      "block": {"0": {"conv": {"kernel": "block.0.conv.weight"}}},
-      "head": {"kernel": "head.weight", "bias": "head.bias"},
+    "conv1": {"kernel": "conv1.weight", "bias": "conv1.bias"},
+    "block": {"0": {"conv": {"kernel": "block.0.conv.weight"}}},
+    "head": {"kernel": "head.weight", "bias": "head.bias"},
   }
   # Same structure, and every leaf is the very object of its flat key.
   assert jax.tree_util.tree_structure(out) == jax.tree_util.tree_structure(expected)
-  for got, key in zip(jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(expected),
-                      strict=True):
+  for got, key in zip(
+    jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(expected), strict=True
+  ):
     assert got is sd[key]
   assert set(out) == {"conv1", "block", "head"}
   assert set(out["head"]) == {"kernel", "bias"}
@@ -63,12 +68,16 @@ def test_loads_into_flax_linen():
   x = jax.ShapeDtypeStruct((2, 4, 4, 2), jnp.float32)
   # Shapes only (eval_shape): nothing is initialised or compiled.
   init = jax.eval_shape(Net().init, jax.random.key(0), x)["params"]
-  flat = {f"{m}.{'weight' if p == 'kernel' else p}": rand(v.shape, i)
-          for i, (m, ps) in enumerate(init.items()) for p, v in ps.items()}
+  flat = {
+    f"{m}.{'weight' if p == 'kernel' else p}": rand(v.shape, i)
+    for i, (m, ps) in enumerate(init.items())
+    for p, v in ps.items()
+  }
   params = fc.nest_params(flat)
   assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(dict(init))
   assert jax.tree_util.tree_map(np.shape, params) == jax.tree_util.tree_map(
-      lambda v: v.shape, dict(init))
+    lambda v: v.shape, dict(init)
+  )
   # linen takes the nested plain dicts as its params.
   y = jax.eval_shape(Net().apply, {"params": params}, x)
   assert y.shape == (2, 5)
@@ -76,7 +85,8 @@ def test_loads_into_flax_linen():
 
 def test_sep_and_rename():
   assert fc.nest_params({"a/b/W": 1, "a/b/b": 2}, sep="/", rename={"W": "kernel"}) == {
-      "a": {"b": {"kernel": 1, "b": 2}}}
+    "a": {"b": {"kernel": 1, "b": 2}}
+  }
   assert fc.nest_params({"a.weight": 1}, rename={}) == {"a": {"weight": 1}}
   # Only the last part is renamed: a module called "weight" keeps its name.
   assert fc.nest_params({"weight.weight": 1}) == {"weight": {"kernel": 1}}
@@ -97,7 +107,9 @@ def test_values_untouched():
   assert out["m"]["extra"] is leaf
 
 
-@pytest.mark.parametrize("flat, needle", [
+@pytest.mark.parametrize(
+  "flat, needle",
+  [
     ({"conv.weight": 1, "conv.kernel": 2}, "'conv.weight' and 'conv.kernel' both become"),
     ({"conv": 1, "conv.weight": 2}, "'conv' is a leaf"),
     ({"conv.bias.x": 1, "conv.bias": 2}, "'conv.bias' is a leaf"),
@@ -105,7 +117,8 @@ def test_values_untouched():
     ({"conv..weight": 1}, "empty name"),
     ({".weight": 1}, "empty name"),
     ({"conv.": 1}, "empty name"),
-])
+  ],
+)
 def test_ambiguous_keys_refused(flat, needle):
   with pytest.raises(ValueError, match="nest_params") as e:
     fc.nest_params(flat)

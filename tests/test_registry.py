@@ -20,8 +20,16 @@ from flipconv._layouts import generalize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(6)
-CONTRACT_FIELDS = ["name", "layout", "kernel_layout", "flip", "transpose_kernel_layout",
-                   "transpose_flip", "linear_layout", "transpose_output_size"]
+CONTRACT_FIELDS = [
+  "name",
+  "layout",
+  "kernel_layout",
+  "flip",
+  "transpose_kernel_layout",
+  "transpose_flip",
+  "linear_layout",
+  "transpose_output_size",
+]
 
 
 def ints(shape):
@@ -30,7 +38,7 @@ def ints(shape):
 
 def test_convention_is_a_frozen_dataclass_with_the_contract_fields():
   names = [f.name for f in dataclasses.fields(fc.Convention)]
-  assert names[:len(CONTRACT_FIELDS)] == CONTRACT_FIELDS
+  assert names[: len(CONTRACT_FIELDS)] == CONTRACT_FIELDS
   c = fc.get_convention("pytorch")
   with pytest.raises(dataclasses.FrozenInstanceError):
     c.flip = True
@@ -38,8 +46,21 @@ def test_convention_is_a_frozen_dataclass_with_the_contract_fields():
 
 
 def test_registry_holds_the_contract_names_and_aliases_are_the_same_object():
-  for name in ["flax", "jax", "haiku", "tensorflow", "keras", "pytorch", "onnx", "caffe",
-               "theano", "lasagne", "lasagne-mm", "tflite", "equinox"]:
+  for name in [
+    "flax",
+    "jax",
+    "haiku",
+    "tensorflow",
+    "keras",
+    "pytorch",
+    "onnx",
+    "caffe",
+    "theano",
+    "lasagne",
+    "lasagne-mm",
+    "tflite",
+    "equinox",
+  ]:
     assert name in fc.conventions
   assert fc.get_convention("jax") is fc.get_convention("flax")
   assert fc.get_convention("keras") is fc.get_convention("tensorflow")
@@ -59,9 +80,10 @@ def test_conventions_mapping_is_read_only():
     del fc.conventions["flax"]
 
 
-@pytest.mark.parametrize(("name", "canonical"),
-                         [("PyTorch", "pytorch"), ("lasagne_mm", "lasagne-mm"),
-                          ("KERAS", "tensorflow")])
+@pytest.mark.parametrize(
+  ("name", "canonical"),
+  [("PyTorch", "pytorch"), ("lasagne_mm", "lasagne-mm"), ("KERAS", "tensorflow")],
+)
 def test_names_are_case_and_separator_insensitive(name, canonical):
   assert fc.get_convention(name).name == canonical
 
@@ -82,7 +104,9 @@ def test_a_convention_passes_through_get_convention():
   assert fc.get_convention(c) is c
 
 
-@pytest.mark.parametrize(("field", "value", "error", "match"), [
+@pytest.mark.parametrize(
+  ("field", "value", "error", "match"),
+  [
     ("layout", "NCHO", ValueError, "belongs to kernel layouts"),
     ("layout", "NHW", ValueError, "lacks C"),
     ("kernel_layout", "OHW", ValueError, "lacks I"),
@@ -94,7 +118,8 @@ def test_a_convention_passes_through_get_convention():
     ("depthwise_kernel_layout", "HWCX", ValueError, "must hold O and I"),
     ("depthwise_kernel_layout", "hwcm", TypeError, "upper-case"),
     ("name", "", TypeError, "non-empty string"),
-])
+  ],
+)
 def test_bad_convention_fields_are_refused_with_the_field_named(field, value, error, match):
   with pytest.raises(error, match=match):
     dataclasses.replace(fc.get_convention("pytorch"), **{field: value})
@@ -107,14 +132,20 @@ def test_bad_convention_fields_are_refused_with_the_field_named(field, value, er
 def test_ops_take_the_conventions_flip_and_layouts():
   x = ints((2, 3, 6, 5))  # NCHW
   k = ints((4, 3, 3, 2))  # OIHW
-  want = lax.conv_general_dilated(x, k[:, :, ::-1, ::-1], (1, 1), "VALID",
-                                  dimension_numbers=("NCHW", "OIHW", "NCHW"))
-  np.testing.assert_array_equal(np.asarray(fc.conv(x, k, convention="lasagne")),
-                                np.asarray(want))
+  want = lax.conv_general_dilated(
+    x, k[:, :, ::-1, ::-1], (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NCHW")
+  )
+  np.testing.assert_array_equal(np.asarray(fc.conv(x, k, convention="lasagne")), np.asarray(want))
   # The transposed conv: the adjoint of the convention's forward conv.
   y = ints((2, 4, 4, 4))
-  want_t = lax.conv_transpose(y, k[:, :, ::-1, ::-1], (1, 1), "VALID",
-                              dimension_numbers=("NCHW", "OIHW", "NCHW"), transpose_kernel=True)
+  want_t = lax.conv_transpose(
+    y,
+    k[:, :, ::-1, ::-1],
+    (1, 1),
+    "VALID",
+    dimension_numbers=("NCHW", "OIHW", "NCHW"),
+    transpose_kernel=True,
+  )
   got_t = fc.conv_transpose(y, k, convention="lasagne")
   np.testing.assert_array_equal(np.asarray(got_t), np.asarray(want_t))
 
@@ -124,45 +155,57 @@ def test_explicit_arguments_win_over_the_convention():
   k = ints((4, 3, 3, 2))  # OIHW
   # flip: lasagne flips, flip=False does not.
   np.testing.assert_array_equal(
-      np.asarray(fc.conv(x, k, convention="lasagne", flip=False)),
-      np.asarray(fc.conv(x, k, flip=False, layout="NCHW", kernel_layout="OIHW")))
+    np.asarray(fc.conv(x, k, convention="lasagne", flip=False)),
+    np.asarray(fc.conv(x, k, flip=False, layout="NCHW", kernel_layout="OIHW")),
+  )
   # layout and kernel_layout: pytorch's flip with Flax's layouts.
   x_nhwc, k_hwio = x.transpose(0, 2, 3, 1), k.transpose(2, 3, 1, 0)
   got = fc.conv(x_nhwc, k_hwio, convention="pytorch", layout="NHWC", kernel_layout="HWIO")
-  np.testing.assert_array_equal(np.asarray(got).transpose(0, 3, 1, 2),
-                                np.asarray(fc.conv(x, k, convention="pytorch")))
+  np.testing.assert_array_equal(
+    np.asarray(got).transpose(0, 3, 1, 2), np.asarray(fc.conv(x, k, convention="pytorch"))
+  )
   # conv_transpose: explicit flip and kernel_layout win over transpose_flip/..._layout.
   y = ints((2, 4, 4, 4))
   np.testing.assert_array_equal(
-      np.asarray(fc.conv_transpose(y, k, convention="flax", flip=False, layout="NCHW",
-                                   kernel_layout="OIHW")),
-      np.asarray(fc.conv_transpose(y, k, convention="pytorch")))
+    np.asarray(
+      fc.conv_transpose(y, k, convention="flax", flip=False, layout="NCHW", kernel_layout="OIHW")
+    ),
+    np.asarray(fc.conv_transpose(y, k, convention="pytorch")),
+  )
 
 
 @pytest.mark.parametrize("rank", [1, 3])
 def test_2d_layouts_generalise_to_other_ranks(rank):
   assert generalize("NCHW", 1) == "NCW" and generalize("NCHW", 3) == "NCDHW"
   assert generalize("HWIO", 1) == "WIO" and generalize("HWIO", 3) == "DHWIO"
-  spatial = (5, 6, 4)[3 - rank:]
-  ksize = (2, 3, 2)[3 - rank:]
+  spatial = (5, 6, 4)[3 - rank :]
+  ksize = (2, 3, 2)[3 - rank :]
   x = ints((2, *spatial, 3))  # flax: N...C
   k = ints((*ksize, 3, 4))  # ...IO
   dn = (generalize("NHWC", rank), generalize("HWIO", rank), generalize("NHWC", rank))
   want = lax.conv_general_dilated(x, k, (1,) * rank, "SAME", dimension_numbers=dn)
-  np.testing.assert_array_equal(np.asarray(fc.conv(x, k, convention="flax", padding="SAME")),
-                                np.asarray(want))
+  np.testing.assert_array_equal(
+    np.asarray(fc.conv(x, k, convention="flax", padding="SAME")), np.asarray(want)
+  )
   # The same conv through the unbatched Equinox layout and its OIHW kernel.
   k_eqx = fc.convert_kernel(k, "flax", "equinox")
   x_eqx = np.moveaxis(x, -1, 1)
-  got = np.stack([np.asarray(fc.conv(xi, k_eqx, convention="equinox", padding="SAME"))
-                  for xi in x_eqx])
+  got = np.stack(
+    [np.asarray(fc.conv(xi, k_eqx, convention="equinox", padding="SAME")) for xi in x_eqx]
+  )
   np.testing.assert_array_equal(np.moveaxis(got, 1, -1), np.asarray(want))
 
 
 def test_a_user_made_convention_works_where_a_name_does():
-  mine = fc.Convention(name="mine", layout="NWHC", kernel_layout="IOWH", flip=True,
-                       transpose_kernel_layout="WHOI", transpose_flip=False,
-                       linear_layout="OI")
+  mine = fc.Convention(
+    name="mine",
+    layout="NWHC",
+    kernel_layout="IOWH",
+    flip=True,
+    transpose_kernel_layout="WHOI",
+    transpose_flip=False,
+    linear_layout="OI",
+  )
   x = ints((2, 6, 5, 3))  # N W H C
   k = ints((3, 4, 2, 3))  # I O W H
   want = fc.conv(x, k, flip=True, layout="NWHC", kernel_layout="IOWH")
@@ -170,13 +213,16 @@ def test_a_user_made_convention_works_where_a_name_does():
   y = ints((2, 5, 3, 4))
   k_t = ints((2, 3, 4, 3))  # W H O I
   want_t = fc.conv_transpose(y, k_t, flip=False, layout="NWHC", kernel_layout="WHOI")
-  np.testing.assert_array_equal(np.asarray(fc.conv_transpose(y, k_t, convention=mine)),
-                                np.asarray(want_t))
+  np.testing.assert_array_equal(
+    np.asarray(fc.conv_transpose(y, k_t, convention=mine)), np.asarray(want_t)
+  )
   # convert_kernel: to pytorch, letters matched by name, and flipped.
-  np.testing.assert_array_equal(fc.convert_kernel(k, mine, "pytorch"),
-                                k.transpose(1, 0, 3, 2)[:, :, ::-1, ::-1])
-  np.testing.assert_array_equal(fc.convert_kernel(k_t, mine, "pytorch", transposed=True),
-                                k_t.transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+    fc.convert_kernel(k, mine, "pytorch"), k.transpose(1, 0, 3, 2)[:, :, ::-1, ::-1]
+  )
+  np.testing.assert_array_equal(
+    fc.convert_kernel(k_t, mine, "pytorch", transposed=True), k_t.transpose(2, 3, 1, 0)
+  )
   # ... and convert_params takes it too.
   tree = fc.convert_params({"conv": {"weight": k}}, mine, "pytorch", select={"*": "conv"})
   np.testing.assert_array_equal(tree["conv"]["weight"], fc.convert_kernel(k, mine, "pytorch"))
@@ -189,14 +235,15 @@ def test_a_user_made_convention_works_where_a_name_does():
 def test_docs_conventions_md_is_what_the_registry_generates():
   path = ROOT / "docs" / "conventions.md"
   assert path.read_text() == _conventions_doc.render_conventions_md(), (
-      "docs/conventions.md is stale: run `python -m flipconv._conventions_doc --write`")
+    "docs/conventions.md is stale: run `python -m flipconv._conventions_doc --write`"
+  )
 
 
 def test_readme_conventions_table_is_what_the_registry_generates():
   readme = (ROOT / "README.md").read_text()
   assert _conventions_doc.render_readme_table() in readme, (
-      "README.md's Conventions table is stale: run `python -m flipconv._conventions_doc "
-      "--write`")
+    "README.md's Conventions table is stale: run `python -m flipconv._conventions_doc --write`"
+  )
 
 
 def test_every_convention_has_a_verification_record_whose_tests_exist():

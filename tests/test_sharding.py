@@ -22,7 +22,8 @@ import flipconv as fc
 COLLECTIVES = ("all-gather", "all-to-all", "collective-permute", "all-reduce", "reduce-scatter")
 
 pytestmark = pytest.mark.skipif(
-    len(jax.devices()) < 8, reason="needs 8 devices (XLA_FLAGS host device count, see conftest)")
+  len(jax.devices()) < 8, reason="needs 8 devices (XLA_FLAGS host device count, see conftest)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +59,15 @@ def rand(shape, seed):
 
 
 CASES = [
-    # layout, kernel_layout, flip, padding, strides, groups
-    ("NCHW", "OIHW", False, "SAME", 1, 1),
-    ("NCHW", "OIHW", True, "SAME", 1, 1),
-    ("NHWC", "HWIO", True, "VALID", 2, 1),
-    ("NHWC", "OHWI", False, "SAME_LOWER", 2, 1),
-    ("NCHW", "OIHW", True, "FULL", 1, 2),
-    ("NCHW", "OIHW", False, "HALF", (2, 1), 1),
-    ("NCHW", "OIHW", True, ((1, 0), (2, 1)), 1, 1),
-    ("NCHW", "OIHW", False, "CAUSAL", 1, 1),
+  # layout, kernel_layout, flip, padding, strides, groups
+  ("NCHW", "OIHW", False, "SAME", 1, 1),
+  ("NCHW", "OIHW", True, "SAME", 1, 1),
+  ("NHWC", "HWIO", True, "VALID", 2, 1),
+  ("NHWC", "OHWI", False, "SAME_LOWER", 2, 1),
+  ("NCHW", "OIHW", True, "FULL", 1, 2),
+  ("NCHW", "OIHW", False, "HALF", (2, 1), 1),
+  ("NCHW", "OIHW", True, ((1, 0), (2, 1)), 1, 1),
+  ("NCHW", "OIHW", False, "CAUSAL", 1, 1),
 ]
 
 
@@ -77,31 +78,53 @@ def explicit(padding, k_sizes, in_sizes, strides):
   pads = []
   for k, n, s in zip(k_sizes, in_sizes, strides, strict=True):
     total = max((-(-n // s) - 1) * s + k - n, 0)
-    pads.append({"VALID": (0, 0), "SAME": (total // 2, total - total // 2),
-                 "SAME_LOWER": (total - total // 2, total // 2), "FULL": (k - 1, k - 1),
-                 "HALF": (k // 2, k // 2), "CAUSAL": (k - 1, 0)}[padding])
+    pads.append(
+      {
+        "VALID": (0, 0),
+        "SAME": (total // 2, total - total // 2),
+        "SAME_LOWER": (total - total // 2, total // 2),
+        "FULL": (k - 1, k - 1),
+        "HALF": (k // 2, k // 2),
+        "CAUSAL": (k - 1, 0),
+      }[padding]
+    )
   return pads
 
 
 @pytest.mark.parametrize("layout,kernel_layout,flip,padding,strides,groups", CASES)
 def test_conv_adds_no_collective_to_the_raw_lax_program(
-    mesh, layout, kernel_layout, flip, padding, strides, groups):
+  mesh, layout, kernel_layout, flip, padding, strides, groups
+):
   x_np = rand(shape_of(layout, N=8, C=4, H=12, W=10), 0)
   k_np = rand(shape_of(kernel_layout, O=6, I=4 // groups, H=3, W=2), 1)
   x = place(mesh, x_np, layout, N="data")
   k = place(mesh, k_np, kernel_layout, O="model")
-  kw = dict(flip=flip, padding=padding, strides=strides, groups=groups, layout=layout,
-            kernel_layout=kernel_layout)
+  kw = dict(
+    flip=flip,
+    padding=padding,
+    strides=strides,
+    groups=groups,
+    layout=layout,
+    kernel_layout=kernel_layout,
+  )
   f = jax.jit(lambda x, k: fc.conv(x, k, **kw))
   out = f(x, k)
 
   s = (strides,) * 2 if isinstance(strides, int) else strides
   sp = tuple(kernel_layout.index(c) for c in "HW")
-  pads = explicit(padding, [k_np.shape[a] for a in sp], [x_np.shape[layout.index(c)]
-                                                         for c in "HW"], s)
-  raw = jax.jit(lambda x, k: lax.conv_general_dilated(
-      x, lax.rev(k, sp) if flip else k, s, pads, feature_group_count=groups,
-      dimension_numbers=(layout, kernel_layout, layout)))
+  pads = explicit(
+    padding, [k_np.shape[a] for a in sp], [x_np.shape[layout.index(c)] for c in "HW"], s
+  )
+  raw = jax.jit(
+    lambda x, k: lax.conv_general_dilated(
+      x,
+      lax.rev(k, sp) if flip else k,
+      s,
+      pads,
+      feature_group_count=groups,
+      dimension_numbers=(layout, kernel_layout, layout),
+    )
+  )
   # flipconv's program communicates exactly as much as raw lax's: nothing for
   # plain convs; XLA's SPMD partitioner itself gathers for grouped ones.
   assert collectives(f, x, k) == collectives(raw, x, k)
@@ -116,14 +139,16 @@ def test_convolve_and_correlate_sharded(mesh, op):
   x_np, k_np = rand((8, 4, 9, 9), 2), rand((6, 4, 3, 3), 3)
   x = place(mesh, x_np, "NCHW", N="data")
   k = place(mesh, k_np, "OIHW", O="model")
-  f = jax.jit(lambda x, k: getattr(fc, op)(x, k, layout="NCHW", kernel_layout="OIHW",
-                                             padding="SAME"))
+  f = jax.jit(
+    lambda x, k: getattr(fc, op)(x, k, layout="NCHW", kernel_layout="OIHW", padding="SAME")
+  )
   out = f(x, k)
   assert collectives(f, x, k) == []
   assert_sharded_like(out, mesh, "NCHW", N="data", C="model")
   k_ref = np.flip(k_np, (2, 3)) if op == "convolve" else k_np
-  ref = lax.conv_general_dilated(x_np, k_ref, (1, 1), "SAME",
-                                 dimension_numbers=("NCHW", "OIHW", "NCHW"))
+  ref = lax.conv_general_dilated(
+    x_np, k_ref, (1, 1), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW")
+  )
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
@@ -139,8 +164,11 @@ def test_conv_with_conventions_sharded(mesh, convention):
   assert collectives(f, x, k) == []
   assert_sharded_like(out, mesh, conv.layout, N="data", C="model")
   np.testing.assert_allclose(
-      np.asarray(out), np.asarray(fc.conv(x_np, k_np, convention=convention, padding="SAME",
-                                          strides=2)), rtol=1e-6, atol=1e-6)
+    np.asarray(out),
+    np.asarray(fc.conv(x_np, k_np, convention=convention, padding="SAME", strides=2)),
+    rtol=1e-6,
+    atol=1e-6,
+  )
 
 
 @pytest.mark.parametrize("pad_mode", ["reflect", "circular", "replicate", "symmetric"])
@@ -154,8 +182,9 @@ def test_pad_modes_sharded(mesh, pad_mode):
   assert_sharded_like(out, mesh, "NCHW", N="data", C="model")
   mode = {"replicate": "edge", "circular": "wrap"}.get(pad_mode, pad_mode)
   x_pad = np.pad(x_np, ((0, 0), (0, 0), (1, 1), (1, 1)), mode=mode)
-  ref = lax.conv_general_dilated(x_pad, k_np, (1, 1), "VALID",
-                                 dimension_numbers=("NCHW", "OIHW", "NCHW"))
+  ref = lax.conv_general_dilated(
+    x_pad, k_np, (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NCHW")
+  )
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
@@ -172,8 +201,9 @@ def test_conv_transpose_sharded(mesh, flip, padding, strides):
   assert collectives(f, y, k) == []
   assert_sharded_like(out, mesh, "NCHW", N="data", C="model")
   x_shape = (8, 4, *out.shape[2:])
-  ref = jax.linear_transpose(lambda x: fc.conv(x, k_np, **kw),
-                             jax.ShapeDtypeStruct(x_shape, jnp.float32))(y_np)[0]
+  ref = jax.linear_transpose(
+    lambda x: fc.conv(x, k_np, **kw), jax.ShapeDtypeStruct(x_shape, jnp.float32)
+  )(y_np)[0]
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
@@ -184,11 +214,11 @@ def test_spatial_sharding_of_a_large_image(mesh):
   x_np, k_np = rand((1, 3, 256, 64), 10), rand((4, 3, 5, 5), 11)
   x = jax.device_put(x_np, NamedSharding(spatial, P(None, None, "space", None)))
   k = jax.device_put(k_np, NamedSharding(spatial, P()))
-  f = jax.jit(lambda x, k: fc.convolve(x, k, layout="NCHW", kernel_layout="OIHW",
-                                       padding="SAME"))
+  f = jax.jit(lambda x, k: fc.convolve(x, k, layout="NCHW", kernel_layout="OIHW", padding="SAME"))
   out = f(x, k)
-  ref = lax.conv_general_dilated(x_np, np.flip(k_np, (2, 3)), (1, 1), "SAME",
-                                 dimension_numbers=("NCHW", "OIHW", "NCHW"))
+  ref = lax.conv_general_dilated(
+    x_np, np.flip(k_np, (2, 3)), (1, 1), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW")
+  )
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
   found = collectives(f, x, k)
   # Halo exchange (collective-permute) is expected; a gather of the image is not.
@@ -224,7 +254,16 @@ def test_grad_step_sharded_has_no_gather(mesh):
   # The kernel gradient sums over the batch, which lives on "data": one
   # all-reduce over data is the only communication a data-parallel step needs.
   assert [c for c in found if c != "all-reduce"] == []
-  ref = jax.grad(lambda k: jnp.sum(lax.conv_general_dilated(
-      x_np, jnp.flip(k, (2, 3)), (1, 1), ((1, 1), (1, 1)),
-      dimension_numbers=("NCHW", "OIHW", "NCHW")) ** 2))(k_np)
+  ref = jax.grad(
+    lambda k: jnp.sum(
+      lax.conv_general_dilated(
+        x_np,
+        jnp.flip(k, (2, 3)),
+        (1, 1),
+        ((1, 1), (1, 1)),
+        dimension_numbers=("NCHW", "OIHW", "NCHW"),
+      )
+      ** 2
+    )
+  )(k_np)
   np.testing.assert_allclose(np.asarray(g), np.asarray(ref), rtol=1e-4, atol=1e-4)

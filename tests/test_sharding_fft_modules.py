@@ -36,7 +36,8 @@ GATHERS = ("all-gather", "all-to-all", "collective-permute")
 COLLECTIVES = (*GATHERS, "all-reduce", "reduce-scatter")
 
 pytestmark = pytest.mark.skipif(
-    len(jax.devices()) < 8, reason="needs 8 devices (XLA_FLAGS host device count, see conftest)")
+  len(jax.devices()) < 8, reason="needs 8 devices (XLA_FLAGS host device count, see conftest)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +92,8 @@ def lax_conv(x, k, *, flip, layout, kernel_layout, strides, padding):
   n = len(sp)
   s = (strides,) * n if isinstance(strides, int) else tuple(strides)
   return lax.conv_general_dilated(
-      x, np.flip(k, sp) if flip else k, s, padding,
-      dimension_numbers=(layout, kernel_layout, layout))
+    x, np.flip(k, sp) if flip else k, s, padding, dimension_numbers=(layout, kernel_layout, layout)
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -100,12 +101,12 @@ def lax_conv(x, k, *, flip, layout, kernel_layout, strides, padding):
 # ----------------------------------------------------------------------------
 
 FFT_CASES = [
-    # layout, kernel_layout, flip, fc padding, lax padding, strides, sizes (x spatial, k spatial)
-    ("NCHW", "OIHW", True, "SAME", "SAME", 1, ((12, 10), (3, 3))),
-    ("NHWC", "HWIO", False, "VALID", "VALID", 2, ((12, 10), (3, 2))),
-    ("NCHW", "OIHW", False, "FULL", ((2, 2), (1, 1)), 1, ((9, 9), (3, 2))),
-    # A long 1-D signal: the cost model picks overlap-save blocks here.
-    ("NCW", "OIW", True, "SAME", "SAME", 1, ((2048,), (65,))),
+  # layout, kernel_layout, flip, fc padding, lax padding, strides, sizes (x spatial, k spatial)
+  ("NCHW", "OIHW", True, "SAME", "SAME", 1, ((12, 10), (3, 3))),
+  ("NHWC", "HWIO", False, "VALID", "VALID", 2, ((12, 10), (3, 2))),
+  ("NCHW", "OIHW", False, "FULL", ((2, 2), (1, 1)), 1, ((9, 9), (3, 2))),
+  # A long 1-D signal: the cost model picks overlap-save blocks here.
+  ("NCW", "OIW", True, "SAME", "SAME", 1, ((2048,), (65,))),
 ]
 
 
@@ -114,21 +115,31 @@ def _fft_case(mesh, layout, kernel_layout, sizes, seed):
   spatial = [c for c in layout if c not in "NC"]
   x_np = rand(shape_of(layout, N=8, C=4, **dict(zip(spatial, xs, strict=True))), seed)
   k_np = rand(shape_of(kernel_layout, O=6, I=4, **dict(zip(spatial, ks, strict=True))), seed + 1)
-  return x_np, k_np, place(mesh, x_np, layout, N="data"), place(mesh, k_np, kernel_layout,
-                                                                  O="model")
+  return (
+    x_np,
+    k_np,
+    place(mesh, x_np, layout, N="data"),
+    place(mesh, k_np, kernel_layout, O="model"),
+  )
 
 
-@pytest.mark.parametrize("layout,kernel_layout,flip,padding,lax_padding,strides,sizes",
-                         FFT_CASES)
+@pytest.mark.parametrize("layout,kernel_layout,flip,padding,lax_padding,strides,sizes", FFT_CASES)
 def test_fft_conv_sharded_equals_unsharded_and_stays_sharded(
-    mesh, layout, kernel_layout, flip, padding, lax_padding, strides, sizes):
+  mesh, layout, kernel_layout, flip, padding, lax_padding, strides, sizes
+):
   x_np, k_np, x, k = _fft_case(mesh, layout, kernel_layout, sizes, 20)
-  kw = dict(flip=flip, layout=layout, kernel_layout=kernel_layout, padding=padding,
-            strides=strides)
+  kw = dict(flip=flip, layout=layout, kernel_layout=kernel_layout, padding=padding, strides=strides)
   out, found, _ = run_compiled(jax.jit(lambda x, k: fc.conv(x, k, method="fft", **kw)), x, k)
   assert_sharded_like(out, mesh, spec_of(layout, N="data", C="model"))
-  ref = lax_conv(x_np, k_np, flip=flip, layout=layout, kernel_layout=kernel_layout,
-                 strides=strides, padding=lax_padding)
+  ref = lax_conv(
+    x_np,
+    k_np,
+    flip=flip,
+    layout=layout,
+    kernel_layout=kernel_layout,
+    strides=strides,
+    padding=lax_padding,
+  )
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-4, atol=1e-4)
   assert found == []
 
@@ -138,11 +149,21 @@ def test_fft_convolve_and_correlate_sharded(mesh, op):
   x_np, k_np = rand((8, 4, 9, 9), 22), rand((6, 4, 3, 3), 23)
   x = place(mesh, x_np, "NCHW", N="data")
   k = place(mesh, k_np, "OIHW", O="model")
-  out = jax.jit(lambda x, k: getattr(fc, op)(x, k, layout="NCHW", kernel_layout="OIHW",
-                                               padding="SAME", method="fft"))(x, k)
+  out = jax.jit(
+    lambda x, k: getattr(fc, op)(
+      x, k, layout="NCHW", kernel_layout="OIHW", padding="SAME", method="fft"
+    )
+  )(x, k)
   assert_sharded_like(out, mesh, P("data", "model"))
-  ref = lax_conv(x_np, k_np, flip=op == "convolve", layout="NCHW", kernel_layout="OIHW",
-                 strides=1, padding="SAME")
+  ref = lax_conv(
+    x_np,
+    k_np,
+    flip=op == "convolve",
+    layout="NCHW",
+    kernel_layout="OIHW",
+    strides=1,
+    padding="SAME",
+  )
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-4, atol=1e-4)
 
 
@@ -151,13 +172,16 @@ def lax_conv_transpose(y, k, *, flip, strides, padding, x_spatial):
   lax_pad = ((padding, padding),) * 2 if isinstance(padding, int) else padding
   x_shape = (y.shape[0], k.shape[1], *x_spatial)
   return jax.linear_transpose(
-      lambda x: lax_conv(x, k, flip=flip, layout="NCHW", kernel_layout="OIHW", strides=strides,
-                         padding=lax_pad),
-      jax.ShapeDtypeStruct(x_shape, jnp.float32))(y)[0]
+    lambda x: lax_conv(
+      x, k, flip=flip, layout="NCHW", kernel_layout="OIHW", strides=strides, padding=lax_pad
+    ),
+    jax.ShapeDtypeStruct(x_shape, jnp.float32),
+  )(y)[0]
 
 
-@pytest.mark.parametrize("flip,padding,strides", [(False, "SAME", 2), (True, "VALID", 2),
-                                                  (True, 1, 1)])
+@pytest.mark.parametrize(
+  "flip,padding,strides", [(False, "SAME", 2), (True, "VALID", 2), (True, 1, 1)]
+)
 def test_fft_conv_transpose_sharded_equals_unsharded(mesh, flip, padding, strides):
   # The transposed conv's output channels are the kernel's forward I axis.
   y_np, k_np = rand((8, 6, 5, 5), 24), rand((6, 4, 3, 3), 25)
@@ -165,19 +189,21 @@ def test_fft_conv_transpose_sharded_equals_unsharded(mesh, flip, padding, stride
   k = place(mesh, k_np, "OIHW", I="model")
   kw = dict(flip=flip, padding=padding, strides=strides, layout="NCHW", kernel_layout="OIHW")
   out, found, _ = run_compiled(
-      jax.jit(lambda y, k: fc.conv_transpose(y, k, method="fft", **kw)), y, k)
+    jax.jit(lambda y, k: fc.conv_transpose(y, k, method="fft", **kw)), y, k
+  )
   assert_sharded_like(out, mesh, P("data", "model"))
-  ref = lax_conv_transpose(y_np, k_np, flip=flip, strides=strides, padding=padding,
-                           x_spatial=out.shape[2:])
+  ref = lax_conv_transpose(
+    y_np, k_np, flip=flip, strides=strides, padding=padding, x_spatial=out.shape[2:]
+  )
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-4, atol=1e-4)
   assert found == []
 
 
 FFT_KW = dict(flip=True, layout="NCHW", kernel_layout="OIHW", padding="SAME", method="fft")
 FFT_OPS = {
-    # op: (function, the kernel's sharded letter)
-    "conv": (lambda x, k: fc.conv(x, k, **FFT_KW), "O"),
-    "conv_transpose": (lambda y, k: fc.conv_transpose(y, k, strides=2, **FFT_KW), "I"),
+  # op: (function, the kernel's sharded letter)
+  "conv": (lambda x, k: fc.conv(x, k, **FFT_KW), "O"),
+  "conv_transpose": (lambda y, k: fc.conv_transpose(y, k, strides=2, **FFT_KW), "I"),
 }
 
 
@@ -188,10 +214,16 @@ def fft_programs(mesh):
   k_np = rand((6, 4, 3, 3), 27)
   x_np, y_np = rand((8, 4, 12, 10), 26), rand((8, 6, 6, 5), 28)
   refs = {
-      "conv": (x_np, lax_conv(x_np, k_np, flip=True, layout="NCHW", kernel_layout="OIHW",
-                              strides=1, padding="SAME")),
-      "conv_transpose": (y_np, lax_conv_transpose(y_np, k_np, flip=True, strides=2,
-                                                  padding="SAME", x_spatial=(12, 10))),
+    "conv": (
+      x_np,
+      lax_conv(
+        x_np, k_np, flip=True, layout="NCHW", kernel_layout="OIHW", strides=1, padding="SAME"
+      ),
+    ),
+    "conv_transpose": (
+      y_np,
+      lax_conv_transpose(y_np, k_np, flip=True, strides=2, padding="SAME", x_spatial=(12, 10)),
+    ),
   }
   programs = {}
   for op, (fn, letter) in FFT_OPS.items():
@@ -224,9 +256,11 @@ def test_fft_gradient_sharded_needs_only_the_all_reduces(fft_programs, op):
   """d/dx sums over the kernel's channel shards, d/dk over the batch shards: all-reduces."""
   args, _, _, _, _ = fft_programs[op]
   if op == "conv":
+
     def apply(a, k, method):
       return fc.conv(a, k, **{**FFT_KW, "method": method})
   else:
+
     def apply(a, k, method):
       return fc.conv_transpose(a, k, strides=2, **{**FFT_KW, "method": method})
 
@@ -248,11 +282,17 @@ def test_fft_under_vmap_of_sharded_arrays_is_correct(mesh):
   x = place(mesh, x_np, "NCHW", N="data")
 
   def batched(method):
-    return jax.jit(jax.vmap(lambda k: fc.convolve(
-        x, k, layout="NCHW", kernel_layout="OIHW", padding="SAME", method=method)))
+    return jax.jit(
+      jax.vmap(
+        lambda k: fc.convolve(
+          x, k, layout="NCHW", kernel_layout="OIHW", padding="SAME", method=method
+        )
+      )
+    )
 
-  np.testing.assert_allclose(np.asarray(batched("fft")(k_np)),
-                             np.asarray(batched("direct")(k_np)), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    np.asarray(batched("fft")(k_np)), np.asarray(batched("direct")(k_np)), rtol=1e-4, atol=1e-4
+  )
 
 
 @pytest.mark.parametrize("op", list(FFT_OPS))
@@ -260,8 +300,14 @@ def test_fft_per_shard_under_shard_map_needs_no_collective(mesh, fft_programs, o
   """The fix's program: each device transforms its own batch x channel block."""
   args, _, _, _, ref = fft_programs[op]
   fn, letter = FFT_OPS[op]
-  g = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P("data"), spec_of("OIHW", **{
-      letter: "model"})), out_specs=P("data", "model")))
+  g = jax.jit(
+    jax.shard_map(
+      fn,
+      mesh=mesh,
+      in_specs=(P("data"), spec_of("OIHW", **{letter: "model"})),
+      out_specs=P("data", "model"),
+    )
+  )
   out, found, _ = run_compiled(g, *args)
   assert found == []
   assert_sharded_like(out, mesh, P("data", "model"))
@@ -273,12 +319,17 @@ def test_fft_per_shard_under_shard_map_needs_no_collective(mesh, fft_programs, o
 # ----------------------------------------------------------------------------
 
 LINEN_CASES = [
-    # module, kwargs, kernel names (own layout), x layout, expected kernel shape
-    ("Conv", dict(convention="pytorch"), ("model", None, None, None), "NCHW", (6, 4, 3, 3)),
-    ("Conv", dict(convention="lasagne"), ("model", None, None, None), "NCHW", (6, 4, 3, 3)),
-    ("Conv", dict(convention="tflite"), ("model", None, None, None), "NHWC", (6, 3, 3, 4)),
-    ("ConvTranspose", dict(convention="pytorch", strides=2), (None, "model", None, None), "NCHW",
-     (4, 6, 3, 3)),
+  # module, kwargs, kernel names (own layout), x layout, expected kernel shape
+  ("Conv", dict(convention="pytorch"), ("model", None, None, None), "NCHW", (6, 4, 3, 3)),
+  ("Conv", dict(convention="lasagne"), ("model", None, None, None), "NCHW", (6, 4, 3, 3)),
+  ("Conv", dict(convention="tflite"), ("model", None, None, None), "NHWC", (6, 3, 3, 4)),
+  (
+    "ConvTranspose",
+    dict(convention="pytorch", strides=2),
+    (None, "model", None, None),
+    "NCHW",
+    (4, 6, 3, 3),
+  ),
 ]
 
 
@@ -292,8 +343,9 @@ def _linen_sharded_init(mesh, model, x):
 def flax_init_in_own_layout(kwargs, cls):
   """What ``ramp`` gives at Flax's kernel shape, converted to the module's convention."""
   flax_kernel = np.asarray(ramp(None, (3, 3, 4, 6)))  # (in 4, features 6): the same both ways
-  return fc.convert_kernel(flax_kernel, "flax", kwargs["convention"],
-                           transposed=cls == "ConvTranspose")
+  return fc.convert_kernel(
+    flax_kernel, "flax", kwargs["convention"], transposed=cls == "ConvTranspose"
+  )
 
 
 def reference(kwargs, transposed, x, kernel, bias):
@@ -304,16 +356,23 @@ def reference(kwargs, transposed, x, kernel, bias):
   if transposed:
     y = fc.conv_transpose(x, k, convention=conv, padding="SAME", strides=strides)
   else:
-    y = lax_conv(x, k, flip=conv.flip, layout=conv.layout, kernel_layout=conv.kernel_layout,
-                 strides=strides, padding="SAME")
+    y = lax_conv(
+      x,
+      k,
+      flip=conv.flip,
+      layout=conv.layout,
+      kernel_layout=conv.kernel_layout,
+      strides=strides,
+      padding="SAME",
+    )
   return np.asarray(y) + np.asarray(bias).reshape([-1 if c == "C" else 1 for c in conv.layout])
 
 
 @pytest.mark.parametrize("cls,kwargs,names,layout,kernel_shape", LINEN_CASES)
 def test_linen_with_partitioning_shards_the_kernel_as_named(
-    mesh, cls, kwargs, names, layout, kernel_shape):
-  model = getattr(fc.linen, cls)(6, (3, 3), kernel_init=nn.with_partitioning(ramp, names),
-                                 **kwargs)
+  mesh, cls, kwargs, names, layout, kernel_shape
+):
+  model = getattr(fc.linen, cls)(6, (3, 3), kernel_init=nn.with_partitioning(ramp, names), **kwargs)
   x_np = rand(shape_of(layout, N=8, C=4, H=10, W=10), 30)
   abstract, variables = _linen_sharded_init(mesh, model, x_np)
   assert nn.get_partition_spec(abstract)["params"]["kernel"] == P(*names)
@@ -341,8 +400,10 @@ EQUAL_CASES = [("Conv", nn.initializers.lecun_normal()), ("ConvTranspose", ramp)
 @pytest.mark.parametrize("cls,init", EQUAL_CASES, ids=[c[0] for c in EQUAL_CASES])
 def test_linen_flax_convention_equals_flax_linen_under_the_same_sharding(mesh, cls, init):
   names = (None, None, None, "model")
-  kw = dict(kernel_init=nn.with_partitioning(init, names),
-            bias_init=nn.with_partitioning(nn.initializers.zeros_init(), ("model",)))
+  kw = dict(
+    kernel_init=nn.with_partitioning(init, names),
+    bias_init=nn.with_partitioning(nn.initializers.zeros_init(), ("model",)),
+  )
   if cls == "ConvTranspose":
     kw["strides"] = 2
   ours, theirs = getattr(fc.linen, cls)(6, (3, 3), **kw), getattr(nn, cls)(6, (3, 3), **kw)
@@ -366,8 +427,12 @@ def test_linen_flax_convention_equals_flax_linen_under_the_same_sharding(mesh, c
 
 def test_linen_logical_partitioning_names_the_own_layout(mesh):
   rules = (("out_channels", "model"), ("in_channels", None))
-  model = fc.linen.Conv(6, (3, 3), convention="pytorch", kernel_init=nn.with_logical_partitioning(
-      ramp, ("out_channels", "in_channels", None, None)))
+  model = fc.linen.Conv(
+    6,
+    (3, 3),
+    convention="pytorch",
+    kernel_init=nn.with_logical_partitioning(ramp, ("out_channels", "in_channels", None, None)),
+  )
   x_np = rand((8, 4, 10, 10), 32)
   abstract = jax.eval_shape(model.init, jax.random.key(0), x_np)
   shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
@@ -380,16 +445,40 @@ def test_linen_logical_partitioning_names_the_own_layout(mesh):
 # ----------------------------------------------------------------------------
 
 NNX_CASES = [
-    # id, module, kwargs (no sharding), how the sharding is given, names, x layout
-    ("conv-pytorch-with_partitioning", "Conv", dict(convention="pytorch"), "init",
-     ("model", None, None, None), "NCHW"),
-    ("conv-lasagne-out_sharding", "Conv", dict(convention="lasagne"), "out_sharding",
-     ("model", None, None, None), "NCHW"),
-    # Flax 0.12 still takes the old key, remapped to out_sharding with a DeprecationWarning.
-    ("conv-pytorch-sharding", "Conv", dict(convention="pytorch"), "sharding",
-     ("model", None, None, None), "NCHW"),
-    ("convT-pytorch-partitionspec", "ConvTranspose", dict(convention="pytorch", strides=2),
-     "pspec", (None, "model", None, None), "NCHW"),
+  # id, module, kwargs (no sharding), how the sharding is given, names, x layout
+  (
+    "conv-pytorch-with_partitioning",
+    "Conv",
+    dict(convention="pytorch"),
+    "init",
+    ("model", None, None, None),
+    "NCHW",
+  ),
+  (
+    "conv-lasagne-out_sharding",
+    "Conv",
+    dict(convention="lasagne"),
+    "out_sharding",
+    ("model", None, None, None),
+    "NCHW",
+  ),
+  # Flax 0.12 still takes the old key, remapped to out_sharding with a DeprecationWarning.
+  (
+    "conv-pytorch-sharding",
+    "Conv",
+    dict(convention="pytorch"),
+    "sharding",
+    ("model", None, None, None),
+    "NCHW",
+  ),
+  (
+    "convT-pytorch-partitionspec",
+    "ConvTranspose",
+    dict(convention="pytorch", strides=2),
+    "pspec",
+    (None, "model", None, None),
+    "NCHW",
+  ),
 ]
 
 
@@ -421,12 +510,14 @@ def _nnx_forward(model, x):
   return run_compiled(jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)), state, x)
 
 
-@pytest.mark.parametrize("cls,kwargs,how,names,layout",
-                         [c[1:] for c in NNX_CASES], ids=[c[0] for c in NNX_CASES])
+@pytest.mark.parametrize(
+  "cls,kwargs,how,names,layout", [c[1:] for c in NNX_CASES], ids=[c[0] for c in NNX_CASES]
+)
 def test_nnx_sharded_init_shards_the_kernel_as_named(mesh, cls, kwargs, how, names, layout):
   def build():
-    return getattr(fc.nnx, cls)(4, 6, (3, 3), rngs=nnx.Rngs(0), **kwargs,
-                                **_nnx_sharding_kwargs(how, names))
+    return getattr(fc.nnx, cls)(
+      4, 6, (3, 3), rngs=nnx.Rngs(0), **kwargs, **_nnx_sharding_kwargs(how, names)
+    )
 
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always", DeprecationWarning)
@@ -453,8 +544,11 @@ def test_nnx_sharded_init_shards_the_kernel_as_named(mesh, cls, kwargs, how, nam
 def test_nnx_abstract_model_carries_the_named_sharding(mesh):
   names = ("model", None, None, None)
   _, abstract = nnx.get_abstract_model(
-      lambda: fc.nnx.Conv(4, 6, (3, 3), convention="pytorch", rngs=nnx.Rngs(0),
-                          kernel_metadata={"out_sharding": names}), mesh)
+    lambda: fc.nnx.Conv(
+      4, 6, (3, 3), convention="pytorch", rngs=nnx.Rngs(0), kernel_metadata={"out_sharding": names}
+    ),
+    mesh,
+  )
   kernel = abstract["kernel"].get_value()
   assert kernel.shape == (6, 4, 3, 3)
   assert kernel.sharding.is_equivalent_to(NamedSharding(mesh, P(*names)), 4)
@@ -463,12 +557,17 @@ def test_nnx_abstract_model_carries_the_named_sharding(mesh):
 @pytest.mark.parametrize("cls", ["Conv", "ConvTranspose"])
 def test_nnx_flax_convention_equals_flax_nnx_under_the_same_sharding(mesh, cls):
   names = (None, None, None, "model")
-  kw = dict(kernel_init=nnx.with_partitioning(ramp, names),
-            bias_metadata={"out_sharding": ("model",)}, strides=2 if cls == "ConvTranspose" else 1)
-  ours = _nnx_sharded_create(mesh, lambda: getattr(fc.nnx, cls)(4, 6, (3, 3), rngs=nnx.Rngs(0),
-                                                                   **kw))
-  theirs = _nnx_sharded_create(mesh, lambda: getattr(nnx, cls)(4, 6, (3, 3), rngs=nnx.Rngs(0),
-                                                                  **kw))
+  kw = dict(
+    kernel_init=nnx.with_partitioning(ramp, names),
+    bias_metadata={"out_sharding": ("model",)},
+    strides=2 if cls == "ConvTranspose" else 1,
+  )
+  ours = _nnx_sharded_create(
+    mesh, lambda: getattr(fc.nnx, cls)(4, 6, (3, 3), rngs=nnx.Rngs(0), **kw)
+  )
+  theirs = _nnx_sharded_create(
+    mesh, lambda: getattr(nnx, cls)(4, 6, (3, 3), rngs=nnx.Rngs(0), **kw)
+  )
   for name in ("kernel", "bias"):
     a, b = getattr(ours, name), getattr(theirs, name)
     assert nnx.get_partition_spec(a).get_value() == nnx.get_partition_spec(b).get_value()

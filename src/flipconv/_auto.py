@@ -22,10 +22,18 @@ from flipconv import _fft
 # channels; per multiply-add it is 10-100x slower where few channels meet
 # (single-channel, depthwise, 4 -> 4), in 2-D and more so in 3-D, and with
 # input dilation. The "width" is I * O / groups, the channel pairs per group.
-DIRECT_FEATURES = ("per call", "per output", "per MAC", "per MAC x min(1, 16 / width)",
-                   "per MAC / width", "per MAC / width, 2-D+", "per MAC / width, 3-D+",
-                   "per MAC, input dilation", "per MAC, 2-D+",
-                   "per output, 1 output channel per group")
+DIRECT_FEATURES = (
+  "per call",
+  "per output",
+  "per MAC",
+  "per MAC x min(1, 16 / width)",
+  "per MAC / width",
+  "per MAC / width, 2-D+",
+  "per MAC / width, 3-D+",
+  "per MAC, input dilation",
+  "per MAC, 2-D+",
+  "per output, 1 output channel per group",
+)
 # Fitted by `python benchmarks/bench_fft.py --calibrate` (2-core x86 CPU, jax 0.10.2).
 DIRECT_NS = (143_000.0, 1.63, 0.0129, 0.0467, 0.157, 0.913, 10.7, 0.0888, 0.00274, 13.0)
 # auto picks the FFT where its modelled time times this is below the direct one's.
@@ -33,15 +41,15 @@ AUTO_MARGIN = 1.0
 
 
 def direct_features(
-    shapes: tuple[Sequence[int], Sequence[int]],
-    *,
-    window_strides: Sequence[int],
-    padding: Sequence[tuple[int, int]],
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers: Any = None,
-    feature_group_count: int = 1,
-    **unused: Any,
+  shapes: tuple[Sequence[int], Sequence[int]],
+  *,
+  window_strides: Sequence[int],
+  padding: Sequence[tuple[int, int]],
+  lhs_dilation: Sequence[int] | None = None,
+  rhs_dilation: Sequence[int] | None = None,
+  dimension_numbers: Any = None,
+  feature_group_count: int = 1,
+  **unused: Any,
 ) -> list[float]:
   """The quantities the direct method's cost is modelled on (``DIRECT_FEATURES``)."""
   del unused
@@ -55,17 +63,30 @@ def direct_features(
   in_dil = lhs_dilation or (1,) * n
   k_dil = rhs_dilation or (1,) * n
   out = 1
-  for size, d, (lo, hi), k, kd, s in zip(sizes, in_dil, padding, taps, k_dil, window_strides,
-                                         strict=True):
+  for size, d, (lo, hi), k, kd, s in zip(
+    sizes, in_dil, padding, taps, k_dil, window_strides, strict=True
+  ):
     out *= max(((size - 1) * d + 1 + lo + hi - ((k - 1) * kd + 1)) // s + 1, 0)
   outputs = batch * o * out
   macs = outputs * i * math.prod(taps)
   og = o // feature_group_count
   width = i * og
   dilated = any(d > 1 for d in in_dil)
-  return [float(v) for v in (
-      1, outputs, macs, macs * min(1, 16 / width), macs / width, macs / width * (n >= 2),
-      macs / width * (n >= 3), macs * dilated, macs * (n >= 2), outputs * (og == 1))]
+  return [
+    float(v)
+    for v in (
+      1,
+      outputs,
+      macs,
+      macs * min(1, 16 / width),
+      macs / width,
+      macs / width * (n >= 2),
+      macs / width * (n >= 3),
+      macs * dilated,
+      macs * (n >= 2),
+      outputs * (og == 1),
+    )
+  ]
 
 
 def direct_cost_ns(shapes: tuple[Sequence[int], Sequence[int]], **kwargs: Any) -> float:
@@ -83,12 +104,12 @@ def platform_of(x: Any) -> str:
 
 
 def choose_method(
-    lhs_shape: Sequence[int],
-    rhs_shape: Sequence[int],
-    *,
-    dtype: Any = None,
-    platform: str | None = None,
-    **conv_kwargs: Any,
+  lhs_shape: Sequence[int],
+  rhs_shape: Sequence[int],
+  *,
+  dtype: Any = None,
+  platform: str | None = None,
+  **conv_kwargs: Any,
 ) -> str:
   """``"direct"`` or ``"fft"``, whichever the cost models expect to be faster.
 
@@ -124,9 +145,11 @@ def choose_method(
   if isinstance(conv_kwargs.get("padding"), str):  # lax's rule, as conv_general_dilated applies it
     k_dil = conv_kwargs.get("rhs_dilation") or (1,) * len(taps)
     conv_kwargs["padding"] = lax.padtype_to_pads(
-        [lhs_shape[a] for a in dn.lhs_spec[2:]],
-        [(k - 1) * d + 1 for k, d in zip(taps, k_dil, strict=True)],
-        conv_kwargs["window_strides"], conv_kwargs["padding"])
+      [lhs_shape[a] for a in dn.lhs_spec[2:]],
+      [(k - 1) * d + 1 for k, d in zip(taps, k_dil, strict=True)],
+      conv_kwargs["window_strides"],
+      conv_kwargs["padding"],
+    )
   fft_ns = _fft.plan(lhs_shape, rhs_shape, **conv_kwargs).cost_ns()
   direct_ns = direct_cost_ns((lhs_shape, rhs_shape), **conv_kwargs)
   margin = AUTO_MARGIN if platform == "cpu" else 30.0

@@ -180,8 +180,13 @@ class FftPlan:
     freqs = size // self.lengths[-1] * (self.lengths[-1] // 2 + 1)
     moved = self.batch * g * (c * math.prod(a.extent for a in self.axes) + o * math.prod(self.out))
     products = blocks * g * o * c * freqs
-    return (transforms * size * math.log2(max(size, 2)), transforms * size, products,
-            products * (len(self.axes) > 1), moved)
+    return (
+      transforms * size * math.log2(max(size, 2)),
+      transforms * size,
+      products,
+      products * (len(self.axes) > 1),
+      moved,
+    )
 
   def cost_ns(self) -> float:
     """Modelled CPU time of this plan, in nanoseconds (``FFT_NS``)."""
@@ -193,13 +198,16 @@ def _tuple(value: Any, n: int, name: str) -> tuple[int, ...]:
     return (1,) * n
   value = tuple(int(v) for v in value)
   if len(value) != n:
-    raise ValueError(f"conv_general_dilated_fft: {name} has {len(value)} entries but the conv "
-                     f"has {n} spatial dimensions.")
+    raise ValueError(
+      f"conv_general_dilated_fft: {name} has {len(value)} entries but the conv "
+      f"has {n} spatial dimensions."
+    )
   return value
 
 
-def _axis_options(size: int, d: int, lo: int, hi: int, t: int, kd: int, s: int,
-                  force: int | None) -> list[Axis]:
+def _axis_options(
+  size: int, d: int, lo: int, hi: int, t: int, kd: int, s: int, force: int | None
+) -> list[Axis]:
   """Ways to compute one axis: one transform (first), then overlap-save blocks."""
   full = (size - 1) * d + 1 + lo + hi if size > 0 else lo + hi
   m = max((full - t) // s + 1, 0)
@@ -211,13 +219,24 @@ def _axis_options(size: int, d: int, lo: int, hi: int, t: int, kd: int, s: int,
     c = z = 0
   else:  # blocks that are zeros in every phase: c leading, z trailing
     c, z = first // s, p - -(-end // s)
-  whole = Axis(m, s, t, kd, q, (lo - c * s, hi + (p - z) * s - full, d - 1), p - c - z,
-               fast_length(max(p - c - z + max(c, z), q, 1)), shift=c)
+  whole = Axis(
+    m,
+    s,
+    t,
+    kd,
+    q,
+    (lo - c * s, hi + (p - z) * s - full, d - 1),
+    p - c - z,
+    fast_length(max(p - c - z + max(c, z), q, 1)),
+    shift=c,
+  )
   if force is not None:
     lengths = [force] if force else []
     if force and force < q:
-      raise ValueError(f"conv_general_dilated_fft: block length {force} is shorter than the "
-                       f"kernel's {q} (per phase).")
+      raise ValueError(
+        f"conv_general_dilated_fft: block length {force} is shorter than the "
+        f"kernel's {q} (per phase)."
+      )
   else:
     lengths = sorted({fast_length(f * q) for f in _BLOCK_FACTORS})
     lengths = [n for n in lengths if n < whole.length and n - q + 1 < m]
@@ -226,23 +245,24 @@ def _axis_options(size: int, d: int, lo: int, hi: int, t: int, kd: int, s: int,
     b = n - q + 1
     count, extra = -(-m // b), -(-(q - 1) // b)
     extent = (count + extra) * b
-    options.append(Axis(m, s, t, kd, q, (lo, hi + extent * s - full, d - 1), extent, n,
-                        block=b, count=count))
+    options.append(
+      Axis(m, s, t, kd, q, (lo, hi + extent * s - full, d - 1), extent, n, block=b, count=count)
+    )
   return options
 
 
 def plan(
-    lhs_shape: Sequence[int],
-    rhs_shape: Sequence[int],
-    *,
-    window_strides: Sequence[int],
-    padding: str | Sequence[tuple[int, int]],
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers: Any = None,
-    feature_group_count: int = 1,
-    block_lengths: Sequence[int] | None = None,
-    **unused: Any,
+  lhs_shape: Sequence[int],
+  rhs_shape: Sequence[int],
+  *,
+  window_strides: Sequence[int],
+  padding: str | Sequence[tuple[int, int]],
+  lhs_dilation: Sequence[int] | None = None,
+  rhs_dilation: Sequence[int] | None = None,
+  dimension_numbers: Any = None,
+  feature_group_count: int = 1,
+  block_lengths: Sequence[int] | None = None,
+  **unused: Any,
 ) -> FftPlan:
   """Shapes, pads, FFT lengths and blocking of an FFT convolution (no arrays).
 
@@ -280,18 +300,25 @@ def plan(
     padding = lax.padtype_to_pads(x_shape[2:], taps, strides, padding)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
   if len(pads) != n:
-    raise ValueError(f"conv_general_dilated_fft: padding has {len(pads)} pairs but the conv has "
-                     f"{n} spatial dimensions.")
+    raise ValueError(
+      f"conv_general_dilated_fft: padding has {len(pads)} pairs but the conv has "
+      f"{n} spatial dimensions."
+    )
   groups = int(feature_group_count)
   (batch, channels), (o, i) = x_shape[:2], k_shape[:2]
   if groups < 1 or channels != i * groups or o % groups:
     raise ValueError(
-        f"conv_general_dilated_fft: the kernel (O={o}, I={i}) does not fit an input with "
-        f"{channels} channels and feature_group_count={groups} (lhs shape "
-        f"{shape_str(lhs_shape)}, rhs shape {shape_str(rhs_shape)}).")
+      f"conv_general_dilated_fft: the kernel (O={o}, I={i}) does not fit an input with "
+      f"{channels} channels and feature_group_count={groups} (lhs shape "
+      f"{shape_str(lhs_shape)}, rhs shape {shape_str(rhs_shape)})."
+    )
   force = _tuple(block_lengths, n, "block_lengths") if block_lengths is not None else (None,) * n
-  options = [_axis_options(*args) for args in zip(
-      x_shape[2:], in_dil, *zip(*pads, strict=True), taps, k_dil, strides, force, strict=True)]
+  options = [
+    _axis_options(*args)
+    for args in zip(
+      x_shape[2:], in_dil, *zip(*pads, strict=True), taps, k_dil, strides, force, strict=True
+    )
+  ]
   plans = [FftPlan(batch, groups, i, o // groups, axes) for axes in itertools.product(*options)]
   return min(plans, key=FftPlan.cost_ns)
 
@@ -323,8 +350,9 @@ def _windows(x: jnp.ndarray, axis: int, ax: Axis) -> jnp.ndarray:
   One gather (measured 2-3x faster on CPU than slices and a concatenate).
   """
   shape = (ax.count, ax.length)  # iotas, not a constant as large as the output
-  index = (lax.broadcasted_iota(np.int32, shape, 0) * ax.block
-           + lax.broadcasted_iota(np.int32, shape, 1))
+  index = lax.broadcasted_iota(np.int32, shape, 0) * ax.block + lax.broadcasted_iota(
+    np.int32, shape, 1
+  )
   return jnp.take(x, index, axis=axis, mode="clip")
 
 
@@ -360,24 +388,25 @@ def _contract(xf: jnp.ndarray, kf: jnp.ndarray, precision: Any, platform: str) -
   first = c - (c - 1) // _CHUNK * _CHUNK  # 1.._CHUNK channels, then whole chunks
   y = chunk(0, first)
   if c > first:
-    y = lax.fori_loop(0, (c - first) // _CHUNK,
-                      lambda i, acc: acc + chunk(first + i * _CHUNK, _CHUNK), y)
+    y = lax.fori_loop(
+      0, (c - first) // _CHUNK, lambda i, acc: acc + chunk(first + i * _CHUNK, _CHUNK), y
+    )
   return y
 
 
 def conv_general_dilated_fft(
-    lhs: jax.typing.ArrayLike,
-    rhs: jax.typing.ArrayLike,
-    window_strides: Sequence[int],
-    padding: str | Sequence[tuple[int, int]],
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers: Any = None,
-    feature_group_count: int = 1,
-    precision: Any = None,
-    preferred_element_type: Any = None,
-    *,
-    block_lengths: Sequence[int] | None = None,
+  lhs: jax.typing.ArrayLike,
+  rhs: jax.typing.ArrayLike,
+  window_strides: Sequence[int],
+  padding: str | Sequence[tuple[int, int]],
+  lhs_dilation: Sequence[int] | None = None,
+  rhs_dilation: Sequence[int] | None = None,
+  dimension_numbers: Any = None,
+  feature_group_count: int = 1,
+  precision: Any = None,
+  preferred_element_type: Any = None,
+  *,
+  block_lengths: Sequence[int] | None = None,
 ) -> jax.Array:
   """``lax.conv_general_dilated`` computed through FFTs: the same result, faster for long kernels.
 
@@ -447,13 +476,21 @@ def conv_general_dilated_fft(
   dtype = jnp.result_type(lhs, rhs)
   if not jnp.issubdtype(dtype, jnp.inexact):
     raise ValueError(
-        f"{where}: method='fft' computes in floating point, so it does not take {dtype} inputs "
-        "(the result would be rounded floats, not exact integers); use method='direct' for "
-        "integer convolutions, or cast the inputs to a float dtype.")
-  p = plan(lhs.shape, rhs.shape, window_strides=window_strides, padding=padding,
-           lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-           dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-           block_lengths=block_lengths)
+      f"{where}: method='fft' computes in floating point, so it does not take {dtype} inputs "
+      "(the result would be rounded floats, not exact integers); use method='direct' for "
+      "integer convolutions, or cast the inputs to a float dtype."
+    )
+  p = plan(
+    lhs.shape,
+    rhs.shape,
+    window_strides=window_strides,
+    padding=padding,
+    lhs_dilation=lhs_dilation,
+    rhs_dilation=rhs_dilation,
+    dimension_numbers=dimension_numbers,
+    feature_group_count=feature_group_count,
+    block_lengths=block_lengths,
+  )
   dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   compute, out_dtype = _dtypes(dtype, preferred_element_type)
   n, g, og, c = len(p.axes), p.groups, p.out_per_group, p.contraction
@@ -467,8 +504,15 @@ def conv_general_dilated_fft(
   k = rhs.transpose(dn.rhs_spec).astype(compute)  # (O, I, *taps)
   zero = jnp.zeros((), compute)
   x = lax.pad(x, zero, ((0, 0, 0), (0, 0, 0), *(a.pad for a in p.axes)))
-  k = lax.pad(k, zero, ((0, 0, 0), (0, 0, 0), *(
-      (0, a.kernel_blocks * a.stride - a.taps, a.kernel_dilation - 1) for a in p.axes)))
+  k = lax.pad(
+    k,
+    zero,
+    (
+      (0, 0, 0),
+      (0, 0, 0),
+      *((0, a.kernel_blocks * a.stride - a.taps, a.kernel_dilation - 1) for a in p.axes),
+    ),
+  )
   x = _split_phases(x, 2, strides).reshape(p.batch, g, c, *(a.extent for a in p.axes))
   k = _split_phases(k, 2, strides).reshape(g, og, c, *(a.kernel_blocks for a in p.axes))
 
@@ -489,27 +533,33 @@ def conv_general_dilated_fft(
     xf = jnp.fft.rfftn(x, s=p.lengths, axes=axes)
     kf = jnp.conj(jnp.fft.rfftn(k, s=p.lengths, axes=tuple(range(3, 3 + n))))
   freq = xf.shape[x.ndim - n :]
-  yf = _contract(xf.reshape(p.batch, g, c, math.prod(counts), -1), kf.reshape(g, og, c, -1),
-                 lax.Precision.HIGHEST if precision is None else precision,
-                 jax.default_backend()).reshape(p.batch, g, og, *counts, *freq)
+  yf = _contract(
+    xf.reshape(p.batch, g, c, math.prod(counts), -1),
+    kf.reshape(g, og, c, -1),
+    lax.Precision.HIGHEST if precision is None else precision,
+    jax.default_backend(),
+  ).reshape(p.batch, g, og, *counts, *freq)
   if jnp.issubdtype(compute, jnp.complexfloating):
     y = jnp.fft.ifftn(yf, s=p.lengths, axes=axes)
   else:
     y = jnp.fft.irfftn(yf, s=p.lengths, axes=axes)
 
   for axis, a in zip(axes, p.axes, strict=True):
-    y = (lax.slice_in_dim(y, 0, a.block, axis=axis) if a.block
-         else _take_circular(y, axis, -a.shift, a.out))
+    y = (
+      lax.slice_in_dim(y, 0, a.block, axis=axis)
+      if a.block
+      else _take_circular(y, axis, -a.shift, a.out)
+    )
   if blocked:  # (B, G, O/G, *counts, *sizes) -> (B, G, O/G, ..., count_j, block_j, ...)
     pos = {j: 3 + r for r, j in enumerate(blocked)}
     perm = [0, 1, 2]
     for j in range(n):
       perm += [pos[j], axes[j]] if j in pos else [axes[j]]
-    y = y.transpose(perm).reshape(p.batch, g, og, *(a.count * (a.block or a.out)
-                                                     for a in p.axes))
+    y = y.transpose(perm).reshape(p.batch, g, og, *(a.count * (a.block or a.out) for a in p.axes))
     y = y[(Ellipsis, *(slice(0, m) for m in p.out))]
   y = y.reshape(p.batch, g * og, *p.out).transpose(out_perm)
   if jnp.issubdtype(y.dtype, jnp.complexfloating) and not jnp.issubdtype(
-      out_dtype, jnp.complexfloating):
+    out_dtype, jnp.complexfloating
+  ):
     y = y.real
   return y.astype(out_dtype)

@@ -60,8 +60,7 @@ def _names(entry: Any) -> set[str]:
 class _Axes:
   """Which axes of x, kernel and output may stay sharded, from the operands' shardings."""
 
-  def __init__(self, kwargs: dict[str, Any], lhs_sharding: Any, rhs_sharding: Any,
-               lhs_ndim: int):
+  def __init__(self, kwargs: dict[str, Any], lhs_sharding: Any, rhs_sharding: Any, lhs_ndim: int):
     dn = kwargs["dimension_numbers"]
     self.lhs_n, self.rhs_o = dn.lhs_spec[0], dn.rhs_spec[0]
     self.out_n, self.out_c = dn.out_spec[0], dn.out_spec[1]
@@ -89,8 +88,7 @@ def _rule(kwargs: dict[str, Any], ndim: int, backward: bool) -> str:
   lhs = ["n" if a == dn.lhs_spec[0] else f"x{a}" for a in range(ndim)]
   o = "o" if kwargs["feature_group_count"] == 1 else "g"
   rhs = [o if a == dn.rhs_spec[0] else f"k{a}" for a in range(ndim)]
-  out = ["n" if a == dn.out_spec[0] else o if a == dn.out_spec[1] else f"y{a}"
-         for a in range(ndim)]
+  out = ["n" if a == dn.out_spec[0] else o if a == dn.out_spec[1] else f"y{a}" for a in range(ndim)]
   if o == "g":
     out[dn.out_spec[1]] = "c"
   if backward:
@@ -128,8 +126,12 @@ def _sharded(frozen: tuple[tuple[str, Any], ...]) -> Callable[[jax.Array, jax.Ar
 
   ndim = len(kwargs["dimension_numbers"].lhs_spec)
   rule = _rule(kwargs, ndim, backward=False)
-  forward.def_partition(infer_sharding_from_operands=fwd_infer, partition=fwd_partition,
-                        sharding_rule=rule, need_replication_factors=_replicated_factors(rule))
+  forward.def_partition(
+    infer_sharding_from_operands=fwd_infer,
+    partition=fwd_partition,
+    sharding_rule=rule,
+    need_replication_factors=_replicated_factors(rule),
+  )
 
   # Backward: the local VJP, then the sums over the shards the contraction was split on.
   @custom_partitioning
@@ -156,8 +158,12 @@ def _sharded(frozen: tuple[tuple[str, Any], ...]) -> Callable[[jax.Array, jax.Ar
     return mesh, lower, (axes.sharding(mesh, "lhs"), axes.sharding(mesh, "rhs")), args
 
   rule_b = _rule(kwargs, ndim, backward=True)
-  backward.def_partition(infer_sharding_from_operands=bwd_infer, partition=bwd_partition,
-                         sharding_rule=rule_b, need_replication_factors=_replicated_factors(rule_b))
+  backward.def_partition(
+    infer_sharding_from_operands=bwd_infer,
+    partition=bwd_partition,
+    sharding_rule=rule_b,
+    need_replication_factors=_replicated_factors(rule_b),
+  )
 
   # vmap: no batching rule for custom_partitioning; the plain FFT conv batches.
   forward_v = custom_vmap(forward)

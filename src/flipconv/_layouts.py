@@ -71,8 +71,8 @@ def generalize(layout: str, n: int) -> str:
     return layout
   if not positions or positions != list(range(positions[0], positions[-1] + 1)):
     raise ValueError(
-        f"layout {layout!r} has no contiguous block of spatial letters, so it cannot be "
-        f"rewritten for {n} spatial dimensions; pass a layout with {n} spatial letters."
+      f"layout {layout!r} has no contiguous block of spatial letters, so it cannot be "
+      f"rewritten for {n} spatial dimensions; pass a layout with {n} spatial letters."
     )
   return layout[: positions[0]] + default_spatial(n) + layout[positions[-1] + 1 :]
 
@@ -118,9 +118,9 @@ class Layouts:
     lhs, rhs, out = self.batched_specs()
     sp = self.spatial
     return lax.ConvDimensionNumbers(
-        lhs_spec=(lhs.index("N"), lhs.index("C"), *(lhs.index(c) for c in sp)),
-        rhs_spec=(rhs.index("O"), rhs.index("I"), *(rhs.index(c) for c in sp)),
-        out_spec=(out.index("N"), out.index("C"), *(out.index(c) for c in sp)),
+      lhs_spec=(lhs.index("N"), lhs.index("C"), *(lhs.index(c) for c in sp)),
+      rhs_spec=(rhs.index("O"), rhs.index("I"), *(rhs.index(c) for c in sp)),
+      out_spec=(out.index("N"), out.index("C"), *(out.index(c) for c in sp)),
     )
 
   def axis(self, which: str, letter: str) -> int:
@@ -135,25 +135,33 @@ class Layouts:
 
 def check_letters(layout: Any, name: str, where: str, required: str) -> str:
   if not isinstance(layout, str):
-    raise TypeError(f"{where}: {name} must be a layout string such as "
-                    f"{'NCHW' if required == 'NC' else 'OIHW'!r}, got {layout!r}.")
+    raise TypeError(
+      f"{where}: {name} must be a layout string such as "
+      f"{'NCHW' if required == 'NC' else 'OIHW'!r}, got {layout!r}."
+    )
   if not layout.isalpha() or not layout.isupper():
     raise ValueError(f"{where}: {name} {layout!r} must be upper-case letters only.")
   repeated = sorted({c for c in layout if layout.count(c) > 1})
   if repeated:
-    raise ValueError(f"{where}: {name} {layout!r} repeats the letter(s) {', '.join(repeated)}; "
-                     "each axis needs its own letter.")
+    raise ValueError(
+      f"{where}: {name} {layout!r} repeats the letter(s) {', '.join(repeated)}; "
+      "each axis needs its own letter."
+    )
   must = "C" if required == "NC" else "OI"
   missing = [c for c in must if c not in layout]
   if missing:
     what = "C (channels)" if required == "NC" else "O (output channels) and I (input channels)"
-    raise ValueError(f"{where}: {name} {layout!r} lacks {', '.join(missing)}; it must contain "
-                     f"{what}" + (", optionally N (batch)" if required == "NC" else "") + ".")
+    raise ValueError(
+      f"{where}: {name} {layout!r} lacks {', '.join(missing)}; it must contain "
+      f"{what}" + (", optionally N (batch)" if required == "NC" else "") + "."
+    )
   other = (_KERNEL_RESERVED if required == "NC" else _DATA_RESERVED) & set(layout)
   if other:
-    raise ValueError(f"{where}: {name} {layout!r} uses {', '.join(sorted(other))}, which "
-                     f"{'belong' if len(other) > 1 else 'belongs'} to "
-                     f"{'kernel' if required == 'NC' else 'data'} layouts.")
+    raise ValueError(
+      f"{where}: {name} {layout!r} uses {', '.join(sorted(other))}, which "
+      f"{'belong' if len(other) > 1 else 'belongs'} to "
+      f"{'kernel' if required == 'NC' else 'data'} layouts."
+    )
   return layout
 
 
@@ -169,18 +177,22 @@ def _from_dimension_numbers(dn: lax.ConvDimensionNumbers) -> tuple[str, str, str
       chars[axis] = letters[i]
     return "".join(chars)
 
-  return (build(dn.lhs_spec, "N", "C"), build(dn.rhs_spec, "O", "I"),
-          build(dn.out_spec, "N", "C"), letters)
+  return (
+    build(dn.lhs_spec, "N", "C"),
+    build(dn.rhs_spec, "O", "I"),
+    build(dn.out_spec, "N", "C"),
+    letters,
+  )
 
 
 def parse_layouts(
-    layout: Any,
-    kernel_layout: Any,
-    out_layout: Any,
-    *,
-    default_n: int,
-    where: str,
-    defaults: tuple[str, str] | None = None,
+  layout: Any,
+  kernel_layout: Any,
+  out_layout: Any,
+  *,
+  default_n: int,
+  where: str,
+  defaults: tuple[str, str] | None = None,
 ) -> Layouts:
   """Resolves the layout arguments of a conv into checked :class:`Layouts`.
 
@@ -199,11 +211,13 @@ def parse_layouts(
   """
   order = ""
   if isinstance(layout, lax.ConvDimensionNumbers) or (
-      isinstance(layout, tuple) and len(layout) == 3
+    isinstance(layout, tuple) and len(layout) == 3
   ):
     if kernel_layout is not None or out_layout is not None:
-      raise ValueError(f"{where}: layout is a full set of dimension numbers {layout!r}; "
-                       "do not pass kernel_layout or out_layout with it.")
+      raise ValueError(
+        f"{where}: layout is a full set of dimension numbers {layout!r}; "
+        "do not pass kernel_layout or out_layout with it."
+      )
     if isinstance(layout, lax.ConvDimensionNumbers):
       specs = layout
       if not all(isinstance(s, tuple) for s in specs):
@@ -211,10 +225,12 @@ def parse_layouts(
       rank = len(specs.lhs_spec)
       for field, spec in zip(specs._fields, specs, strict=True):
         if rank < 3 or sorted(spec) != list(range(rank)):
-          raise ValueError(f"{where}: layout {layout!r} is not valid dimension numbers: "
-                           f"{field} {spec!r} must name each axis 0..{rank - 1} once (one "
-                           "batch/feature axis pair and at least one spatial axis, the same "
-                           "rank in lhs_spec, rhs_spec and out_spec).")
+          raise ValueError(
+            f"{where}: layout {layout!r} is not valid dimension numbers: "
+            f"{field} {spec!r} must name each axis 0..{rank - 1} once (one "
+            "batch/feature axis pair and at least one spatial axis, the same "
+            "rank in lhs_spec, rhs_spec and out_spec)."
+          )
       lhs, rhs, out, order = _from_dimension_numbers(specs)
     else:
       lhs, rhs, out = layout
@@ -234,18 +250,24 @@ def parse_layouts(
   lhs = check_letters(lhs, "layout", where, "NC")
   rhs = check_letters(rhs, "kernel_layout", where, "OI")
   out = check_letters(out, "out_layout", where, "NC")
-  sp_l, sp_r, sp_o = (spatial_letters(lhs, "data"), spatial_letters(rhs, "kernel"),
-                      spatial_letters(out, "data"))
+  sp_l, sp_r, sp_o = (
+    spatial_letters(lhs, "data"),
+    spatial_letters(rhs, "kernel"),
+    spatial_letters(out, "data"),
+  )
   if not (set(sp_l) == set(sp_r) == set(sp_o)):
     raise ValueError(
-        f"{where}: layouts must name the same spatial axes: layout {lhs!r} has "
-        f"{sp_l or 'none'}, kernel_layout {rhs!r} has {sp_r or 'none'}, out_layout {out!r} "
-        f"has {sp_o or 'none'}."
+      f"{where}: layouts must name the same spatial axes: layout {lhs!r} has "
+      f"{sp_l or 'none'}, kernel_layout {rhs!r} has {sp_r or 'none'}, out_layout {out!r} "
+      f"has {sp_o or 'none'}."
     )
   if not sp_r:
-    raise ValueError(f"{where}: layouts {lhs!r}/{rhs!r} have no spatial axis; a conv needs "
-                     "at least one.")
+    raise ValueError(
+      f"{where}: layouts {lhs!r}/{rhs!r} have no spatial axis; a conv needs at least one."
+    )
   if ("N" in lhs) != ("N" in out):
-    raise ValueError(f"{where}: layout {lhs!r} and out_layout {out!r} must both have a "
-                     "batch axis N or both lack it.")
+    raise ValueError(
+      f"{where}: layout {lhs!r} and out_layout {out!r} must both have a "
+      "batch axis N or both lack it."
+    )
   return Layouts(lhs, rhs, out, order)

@@ -98,35 +98,37 @@ class Layer:
     return self.init_plan().new_shape(self.flax_kernel_shape(in_features, features, groups))
 
 
-def _kernel_size(kernel_size: Any, layout: Any, convention: Convention,
-                 where: str) -> tuple[int, ...]:
+def _kernel_size(
+  kernel_size: Any, layout: Any, convention: Convention, where: str
+) -> tuple[int, ...]:
   if is_int(kernel_size):
     if isinstance(layout, str):  # the layout gives the rank
-      return as_int_tuple(kernel_size, len(spatial_letters(layout, "data")), "kernel_size",
-                          where)
+      return as_int_tuple(kernel_size, len(spatial_letters(layout, "data")), "kernel_size", where)
     if convention.name != "flax":
       # PyTorch's Conv2d(.., 3) is 3x3, Flax's Conv(.., 3) is 1-D: refuse to guess.
       raise TypeError(
-          f"{where}: kernel_size={kernel_size} does not say the spatial rank with "
-          f"convention={convention.name!r}; give ({kernel_size},) for 1-D, ({kernel_size}, "
-          f"{kernel_size}) for 2-D, ..., or a layout string such as 'NCHW'.")
+        f"{where}: kernel_size={kernel_size} does not say the spatial rank with "
+        f"convention={convention.name!r}; give ({kernel_size},) for 1-D, ({kernel_size}, "
+        f"{kernel_size}) for 2-D, ..., or a layout string such as 'NCHW'."
+      )
     return as_int_tuple(kernel_size, 1, "kernel_size", where)
   if isinstance(kernel_size, Sequence) and not isinstance(kernel_size, str) and kernel_size:
     return as_int_tuple(kernel_size, len(kernel_size), "kernel_size", where)
-  raise TypeError(f"{where}: kernel_size must be an int or a non-empty sequence of ints, got "
-                  f"{kernel_size!r}.")
+  raise TypeError(
+    f"{where}: kernel_size must be an int or a non-empty sequence of ints, got {kernel_size!r}."
+  )
 
 
 def resolve(
-    *,
-    where: str,
-    transposed: bool,
-    kernel_size: Any,
-    convention: Any,
-    flip: Any,
-    layout: Any,
-    kernel_layout: Any,
-    transpose_kernel: Any = False,
+  *,
+  where: str,
+  transposed: bool,
+  kernel_size: Any,
+  convention: Any,
+  flip: Any,
+  layout: Any,
+  kernel_layout: Any,
+  transpose_kernel: Any = False,
 ) -> Layer:
   """The :class:`Layer` of a module's fields (checked, before any array is seen)."""
   base = get_convention(convention)
@@ -136,28 +138,37 @@ def resolve(
     layout = generalize(base.layout, n)
   layout = check_letters(layout, "layout", where, "NC")
   if len(spatial_letters(layout, "data")) != n:
-    raise ValueError(f"{where}: layout {layout!r} has {len(spatial_letters(layout, 'data'))} "
-                     f"spatial axes but kernel_size {size} has {n}.")
+    raise ValueError(
+      f"{where}: layout {layout!r} has {len(spatial_letters(layout, 'data'))} "
+      f"spatial axes but kernel_size {size} has {n}."
+    )
   flax = get_convention("flax")
   init_like = dataclasses.replace(
-      flax, name="flax", layout=generalize(flax.layout, n),
-      kernel_layout=generalize(flax.kernel_layout, n),
-      transpose_kernel_layout=generalize(flax.transpose_kernel_layout, n))
+    flax,
+    name="flax",
+    layout=generalize(flax.layout, n),
+    kernel_layout=generalize(flax.kernel_layout, n),
+    transpose_kernel_layout=generalize(flax.transpose_kernel_layout, n),
+  )
   if as_bool(transpose_kernel, "transpose_kernel", where):
     if not transposed:
       raise TypeError(f"{where}: transpose_kernel applies to ConvTranspose only.")
     # flax.linen.ConvTranspose(transpose_kernel=True): the forward conv's HWIO kernel.
-    init_like = dataclasses.replace(init_like, transpose_kernel_layout=init_like.kernel_layout,
-                                    transpose_flip=False)
+    init_like = dataclasses.replace(
+      init_like, transpose_kernel_layout=init_like.kernel_layout, transpose_flip=False
+    )
     if base.name == "flax":
       base = init_like
   if kernel_layout is None:
     kernel_layout = generalize(
-        base.transpose_kernel_layout if transposed else base.kernel_layout, n)
+      base.transpose_kernel_layout if transposed else base.kernel_layout, n
+    )
   kernel_layout = check_letters(kernel_layout, "kernel_layout", where, "OI")
   if len(kernel_layout) != n + 2:
-    raise ValueError(f"{where}: kernel_layout {kernel_layout!r} has {len(kernel_layout) - 2} "
-                     f"spatial axes but kernel_size {size} has {n}.")
+    raise ValueError(
+      f"{where}: kernel_layout {kernel_layout!r} has {len(kernel_layout) - 2} "
+      f"spatial axes but kernel_size {size} has {n}."
+    )
   if flip is None:
     flip = base.transpose_flip if transposed else base.flip
   flip = as_bool(flip, "flip", where)
@@ -165,12 +176,21 @@ def resolve(
   # would fail Convention's check against a 1-D/3-D (or user-given) kernel_layout.
   base = dataclasses.replace(base, depthwise_kernel_layout="")
   if transposed:
-    own = dataclasses.replace(base, layout=layout, transpose_kernel_layout=kernel_layout,
-                              transpose_flip=flip,
-                              kernel_layout=generalize(base.kernel_layout, n))
+    own = dataclasses.replace(
+      base,
+      layout=layout,
+      transpose_kernel_layout=kernel_layout,
+      transpose_flip=flip,
+      kernel_layout=generalize(base.kernel_layout, n),
+    )
   else:
-    own = dataclasses.replace(base, layout=layout, kernel_layout=kernel_layout, flip=flip,
-                              transpose_kernel_layout=generalize(base.transpose_kernel_layout, n))
+    own = dataclasses.replace(
+      base,
+      layout=layout,
+      kernel_layout=kernel_layout,
+      flip=flip,
+      transpose_kernel_layout=generalize(base.transpose_kernel_layout, n),
+    )
   return Layer(where, transposed, size, own, init_like)
 
 
@@ -179,20 +199,30 @@ def check_features(layer: Layer, in_features: int, features: int, groups: Any) -
   where = layer.where
   if not is_int(groups) or groups < 1:
     raise (TypeError if not is_int(groups) else ValueError)(
-        f"{where}: feature_group_count must be a positive int, got {groups!r}.")
+      f"{where}: feature_group_count must be a positive int, got {groups!r}."
+    )
   if not is_int(features) or features < 1:
     raise (TypeError if not is_int(features) else ValueError)(
-        f"{where}: the number of output features must be a positive int, got {features!r}.")
+      f"{where}: the number of output features must be a positive int, got {features!r}."
+    )
   for name, value in (("input features", in_features), ("output features", features)):
     if value % groups:
-      raise ValueError(f"{where}: {name} ({value}) must be divisible by feature_group_count "
-                       f"({groups}).")
+      raise ValueError(
+        f"{where}: {name} ({value}) must be divisible by feature_group_count ({groups})."
+      )
   return int(groups)
 
 
-def init_kernel(layer: Layer, kernel_init: Callable[..., Any], key: jax.Array,
-                in_features: int, features: int, groups: int, dtype: Any,
-                relayout_boxed: Callable[[Any, Callable[[Any], Any]], Any]) -> Any:
+def init_kernel(
+  layer: Layer,
+  kernel_init: Callable[..., Any],
+  key: jax.Array,
+  in_features: int,
+  features: int,
+  groups: int,
+  dtype: Any,
+  relayout_boxed: Callable[[Any, Callable[[Any], Any]], Any],
+) -> Any:
   """``kernel_init`` at Flax's shape, moved into the layer's layout.
 
   ``relayout_boxed(value, f)`` applies ``f`` to the array inside whatever
@@ -206,23 +236,30 @@ def init_kernel(layer: Layer, kernel_init: Callable[..., Any], key: jax.Array,
   return relayout_boxed(value, lambda v: apply_plan(v, plan))
 
 
-def flax_padding(padding: Any, pad_mode: Any, kernel_size: Sequence[int],
-                 dilation: Sequence[int], where: str) -> tuple[Any, Any]:
+def flax_padding(
+  padding: Any, pad_mode: Any, kernel_size: Sequence[int], dilation: Sequence[int], where: str
+) -> tuple[Any, Any]:
   """Flax's ``"CIRCULAR"``/``"REFLECT"`` paddings as flipconv padding plus pad mode."""
   if not isinstance(padding, str) or padding.upper() not in _FLAX_PAD_MODES:
     return padding, pad_mode
   mode = _FLAX_PAD_MODES[padding.upper()]
   if _padding.normalize_pad_mode(pad_mode, where) not in ("zeros", mode):
-    raise ValueError(f"{where}: padding={padding!r} already implies pad_mode={mode!r}; got "
-                     f"pad_mode={pad_mode!r} as well.")
+    raise ValueError(
+      f"{where}: padding={padding!r} already implies pad_mode={mode!r}; got "
+      f"pad_mode={pad_mode!r} as well."
+    )
   k_eff = _padding.effective_sizes(kernel_size, dilation)
   return tuple(((k - 1) // 2, k // 2) for k in k_eff), mode
 
 
 def flax_pairs(padding: Any) -> Any:
   """Flax's mixed form ``[1, (0, 2)]`` (an int pads both sides of its dimension) as pairs."""
-  if (isinstance(padding, Sequence) and not isinstance(padding, str)
-      and any(is_int(p) for p in padding) and not all(is_int(p) for p in padding)):
+  if (
+    isinstance(padding, Sequence)
+    and not isinstance(padding, str)
+    and any(is_int(p) for p in padding)
+    and not all(is_int(p) for p in padding)
+  ):
     return tuple((p, p) if is_int(p) else p for p in padding)
   return padding
 
@@ -240,8 +277,10 @@ def batch_dims(layer: Layer, x: jax.Array) -> tuple[jax.Array, tuple[int, ...] |
     return x, None  # N elsewhere: the input must match the layout as it is
   lead = x.ndim - len(core)
   if lead < 0:
-    raise ValueError(f"{layer.where}: input has rank {x.ndim} (shape {shape_str(x.shape)}) but "
-                     f"layout {layout!r} needs at least {len(core)} axes ({core}).")
+    raise ValueError(
+      f"{layer.where}: input has rank {x.ndim} (shape {shape_str(x.shape)}) but "
+      f"layout {layout!r} needs at least {len(core)} axes ({core})."
+    )
   if lead == (1 if layout.startswith("N") else 0):
     return x, None
   return x.reshape((-1, *x.shape[lead:])), x.shape[:lead]
@@ -254,30 +293,31 @@ def batched_layout(layer: Layer) -> str:
 def check_kernel(layer: Layer, kernel: Any, expected: tuple[int, ...]) -> None:
   if tuple(kernel.shape) != tuple(expected):
     raise ValueError(
-        f"{layer.where}: kernel has shape {shape_str(kernel.shape)} but this layer "
-        f"(kernel_layout {layer.kernel_layout!r}, convention {layer.own.name!r}) needs "
-        f"{shape_str(expected)}; convert a kernel of another convention with "
-        "flipconv.convert_kernel or flipconv.convert_params.")
+      f"{layer.where}: kernel has shape {shape_str(kernel.shape)} but this layer "
+      f"(kernel_layout {layer.kernel_layout!r}, convention {layer.own.name!r}) needs "
+      f"{shape_str(expected)}; convert a kernel of another convention with "
+      "flipconv.convert_kernel or flipconv.convert_params."
+    )
 
 
 def apply(
-    layer: Layer,
-    x: Any,
-    kernel: Any,
-    bias: Any,
-    *,
-    strides: Any,
-    padding: Any,
-    pad_mode: Any,
-    kernel_dilation: Any,
-    input_dilation: Any,
-    groups: int,
-    output_padding: Any,
-    mask: Any,
-    dtype: Any,
-    precision: Any,
-    preferred_element_type: Any,
-    method: str,
+  layer: Layer,
+  x: Any,
+  kernel: Any,
+  bias: Any,
+  *,
+  strides: Any,
+  padding: Any,
+  pad_mode: Any,
+  kernel_dilation: Any,
+  input_dilation: Any,
+  groups: int,
+  output_padding: Any,
+  mask: Any,
+  dtype: Any,
+  precision: Any,
+  preferred_element_type: Any,
+  method: str,
 ) -> jax.Array:
   """The layer's output: the conv (or transposed conv) of its convention, plus bias."""
   where = layer.where
@@ -285,33 +325,46 @@ def apply(
   x, batch_shape = batch_dims(layer, x)
   if mask is not None:
     if tuple(mask.shape) != tuple(kernel.shape):
-      raise ValueError(f"{where}: mask has shape {shape_str(mask.shape)} but the kernel has "
-                       f"{shape_str(kernel.shape)} (masks are in the module's kernel_layout).")
+      raise ValueError(
+        f"{where}: mask has shape {shape_str(mask.shape)} but the kernel has "
+        f"{shape_str(kernel.shape)} (masks are in the module's kernel_layout)."
+      )
     kernel = kernel * mask
   x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
   layout = batched_layout(layer) if batch_shape is not None else layer.layout
   n = layer.n
   # Flax's spellings: None for 1 (flax's ConvTranspose defaults), ints mixed with pairs.
   strides, kernel_dilation, input_dilation = (
-      1 if v is None else v for v in (strides, kernel_dilation, input_dilation))
+    1 if v is None else v for v in (strides, kernel_dilation, input_dilation)
+  )
   padding = flax_pairs(padding)
   dilation = as_int_tuple(kernel_dilation, n, "kernel_dilation", where)
-  common = dict(convention=layer.own, flip=layer.flip, layout=layout,
-                kernel_layout=layer.kernel_layout, strides=strides, dilation=dilation,
-                groups=groups, method=method, precision=precision,
-                preferred_element_type=preferred_element_type)
+  common = dict(
+    convention=layer.own,
+    flip=layer.flip,
+    layout=layout,
+    kernel_layout=layer.kernel_layout,
+    strides=strides,
+    dilation=dilation,
+    groups=groups,
+    method=method,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
   if layer.transposed:
     if isinstance(padding, str) and padding.upper() in _FLAX_PAD_MODES:
-      raise ValueError(f"{where}: padding={padding!r} is not supported for a transposed conv; "
-                       "use 'SAME', 'VALID', the other flipconv paddings, or pad the output "
-                       "yourself.")
+      raise ValueError(
+        f"{where}: padding={padding!r} is not supported for a transposed conv; "
+        "use 'SAME', 'VALID', the other flipconv paddings, or pad the output "
+        "yourself."
+      )
     out_pad = as_int_tuple(output_padding, n, "output_padding", where, minimum=0)
-    y = conv_transpose(x, kernel, padding=padding,
-                       output_padding=out_pad if any(out_pad) else None, **common)
+    y = conv_transpose(
+      x, kernel, padding=padding, output_padding=out_pad if any(out_pad) else None, **common
+    )
   else:
     padding, pad_mode = flax_padding(padding, pad_mode, layer.kernel_size, dilation, where)
-    y = conv(x, kernel, padding=padding, pad_mode=pad_mode, input_dilation=input_dilation,
-             **common)
+    y = conv(x, kernel, padding=padding, pad_mode=pad_mode, input_dilation=input_dilation, **common)
   if bias is not None:
     c = layout.index("C")
     y = y + bias.reshape(tuple(-1 if a == c else 1 for a in range(y.ndim)))
@@ -326,8 +379,10 @@ def in_features_of(layer: Layer, x: Any) -> int:
   c_from_end = len(layout) - layout.index("C")
   shape = jnp.shape(x)
   if len(shape) < c_from_end:
-    raise ValueError(f"{layer.where}: input has rank {len(shape)} (shape {shape_str(shape)}) but "
-                     f"layout {layout!r} needs at least {len(layout) - ('N' in layout)} axes.")
+    raise ValueError(
+      f"{layer.where}: input has rank {len(shape)} (shape {shape_str(shape)}) but "
+      f"layout {layout!r} needs at least {len(layout) - ('N' in layout)} axes."
+    )
   if "N" in layout and not layout.startswith("N"):
     return int(shape[layout.index("C")])
   return int(shape[-c_from_end])

@@ -31,30 +31,34 @@ import numpy as np
 from flipconv._validate import choice, is_int
 
 PADDING_NAMES = {
-    "valid": "VALID",
-    "same": "SAME",
-    "same_upper": "SAME",
-    "same_lower": "SAME_LOWER",
-    "full": "FULL",
-    "half": "HALF",
-    "causal": "CAUSAL",
+  "valid": "VALID",
+  "same": "SAME",
+  "same_upper": "SAME",
+  "same_lower": "SAME_LOWER",
+  "full": "FULL",
+  "half": "HALF",
+  "causal": "CAUSAL",
 }
 # Paddings whose amount depends on the input size (matters for conv_transpose).
 SIZE_DEPENDENT = frozenset({"SAME", "SAME_LOWER"})
 
 PAD_MODES = {
-    "zeros": "zeros",
-    "zero": "zeros",
-    "constant": "zeros",
-    "reflect": "reflect",
-    "replicate": "replicate",
-    "edge": "replicate",
-    "circular": "circular",
-    "wrap": "circular",
-    "symmetric": "symmetric",
+  "zeros": "zeros",
+  "zero": "zeros",
+  "constant": "zeros",
+  "reflect": "reflect",
+  "replicate": "replicate",
+  "edge": "replicate",
+  "circular": "circular",
+  "wrap": "circular",
+  "symmetric": "symmetric",
 }
-_NUMPY_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap",
-               "symmetric": "symmetric"}
+_NUMPY_MODE = {
+  "reflect": "reflect",
+  "replicate": "edge",
+  "circular": "wrap",
+  "symmetric": "symmetric",
+}
 
 Pads = tuple[tuple[int, int], ...]
 PaddingSpec = str | Pads
@@ -68,19 +72,25 @@ def normalize_padding(padding: Any, n: int, where: str) -> PaddingSpec:
   """
   if isinstance(padding, str):
     return choice(padding, "padding", where, PADDING_NAMES)
-  form = ("a padding name (VALID, SAME, SAME_LOWER, FULL, HALF, CAUSAL), an int, "
-          f"{n} ints or {n} (low, high) pairs")
+  form = (
+    "a padding name (VALID, SAME, SAME_LOWER, FULL, HALF, CAUSAL), an int, "
+    f"{n} ints or {n} (low, high) pairs"
+  )
   if is_int(padding):
     pads = ((int(padding), int(padding)),) * n
   elif isinstance(padding, (Sequence, np.ndarray)):
     items = list(padding)
     if len(items) != n:
-      raise ValueError(f"{where}: padding {padding!r} has {len(items)} entries but the conv has "
-                       f"{n} spatial dimension{'s' if n != 1 else ''}; give {form}.")
+      raise ValueError(
+        f"{where}: padding {padding!r} has {len(items)} entries but the conv has "
+        f"{n} spatial dimension{'s' if n != 1 else ''}; give {form}."
+      )
     if all(is_int(p) for p in items):
       pads = tuple((int(p), int(p)) for p in items)
-    elif all(isinstance(p, (Sequence, np.ndarray)) and len(p) == 2 and all(is_int(v) for v in p)
-             for p in items):
+    elif all(
+      isinstance(p, (Sequence, np.ndarray)) and len(p) == 2 and all(is_int(v) for v in p)
+      for p in items
+    ):
       pads = tuple((int(p[0]), int(p[1])) for p in items)
     else:
       raise TypeError(f"{where}: padding {padding!r} is not {form}.")
@@ -92,7 +102,7 @@ def normalize_padding(padding: Any, n: int, where: str) -> PaddingSpec:
 
 
 def explicit_pads(
-    spec: PaddingSpec, sizes: Sequence[int], k_eff: Sequence[int], strides: Sequence[int]
+  spec: PaddingSpec, sizes: Sequence[int], k_eff: Sequence[int], strides: Sequence[int]
 ) -> Pads:
   """``(low, high)`` per dimension for a padding spec and the conv's sizes."""
   if not isinstance(spec, str):
@@ -122,11 +132,13 @@ def effective_sizes(sizes: Sequence[int], dilation: Sequence[int]) -> tuple[int,
 
 
 def conv_output_sizes(
-    sizes: Sequence[int], pads: Pads, k_eff: Sequence[int], strides: Sequence[int]
+  sizes: Sequence[int], pads: Pads, k_eff: Sequence[int], strides: Sequence[int]
 ) -> tuple[int, ...]:
   """Output sizes of a conv (floor rounding, as every framework does)."""
-  return tuple((size + lo + hi - k) // s + 1
-               for size, (lo, hi), k, s in zip(sizes, pads, k_eff, strides, strict=True))
+  return tuple(
+    (size + lo + hi - k) // s + 1
+    for size, (lo, hi), k, s in zip(sizes, pads, k_eff, strides, strict=True)
+  )
 
 
 def normalize_pad_mode(pad_mode: Any, where: str) -> str:
@@ -138,11 +150,15 @@ def check_pad_mode_fits(mode: str, sizes: Sequence[int], pads: Pads, where: str)
   for dim, (size, (lo, hi)) in enumerate(zip(sizes, pads, strict=True)):
     big = max(lo, hi)
     if mode == "reflect" and big >= size:
-      raise ValueError(f"{where}: pad_mode='reflect' needs padding smaller than the input, but "
-                       f"spatial dimension {dim} has size {size} and padding {(lo, hi)}.")
+      raise ValueError(
+        f"{where}: pad_mode='reflect' needs padding smaller than the input, but "
+        f"spatial dimension {dim} has size {size} and padding {(lo, hi)}."
+      )
     if mode in ("circular", "symmetric") and big > size:
-      raise ValueError(f"{where}: pad_mode={mode!r} needs padding at most the input size, but "
-                       f"spatial dimension {dim} has size {size} and padding {(lo, hi)}.")
+      raise ValueError(
+        f"{where}: pad_mode={mode!r} needs padding at most the input size, but "
+        f"spatial dimension {dim} has size {size} and padding {(lo, hi)}."
+      )
 
 
 def apply_pad_mode(x: jnp.ndarray, mode: str, pads: Pads, axes: Sequence[int]) -> jnp.ndarray:

@@ -24,10 +24,10 @@ from flipconv.registry import get_convention
 METHODS = {"direct": "direct", "fft": "fft", "auto": "auto"}
 
 _NO_FLIP_MSG = (
-    "{where}: pass flip=True (true convolution: the kernel is reversed along every spatial "
-    "axis, as in signal processing and Theano/Lasagne) or flip=False (cross-correlation, as "
-    "lax, PyTorch, TensorFlow and Flax compute), or a convention such as convention=\"pytorch\"; "
-    "see flipconv.conventions for the names."
+  "{where}: pass flip=True (true convolution: the kernel is reversed along every spatial "
+  "axis, as in signal processing and Theano/Lasagne) or flip=False (cross-correlation, as "
+  'lax, PyTorch, TensorFlow and Flax compute), or a convention such as convention="pytorch"; '
+  "see flipconv.conventions for the names."
 )
 
 
@@ -56,7 +56,7 @@ class ConvCall:
 
 
 def resolve_convention(
-    flip: Any, convention: Any, *, transposed: bool, where: str
+  flip: Any, convention: Any, *, transposed: bool, where: str
 ) -> tuple[bool, tuple[str, str] | None, Any]:
   """``flip`` and default layouts from the arguments and a convention.
 
@@ -80,8 +80,9 @@ def as_array(value: Any, name: str, where: str) -> jnp.ndarray:
 
   def check_dtype(dtype):
     if dtype == jnp.bool_ or not jnp.issubdtype(dtype, jnp.number):
-      raise TypeError(f"{where}: {name} has dtype {dtype}; a conv needs a numeric dtype "
-                      "(float, complex or int).")
+      raise TypeError(
+        f"{where}: {name} has dtype {dtype}; a conv needs a numeric dtype (float, complex or int)."
+      )
 
   # An array of strings or objects is refused by its dtype, before jnp.asarray fails on it.
   if isinstance(getattr(value, "dtype", None), np.dtype):
@@ -105,20 +106,23 @@ def promote(x: jnp.ndarray, kernel: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarr
 def check_ranks(x_shape, k_shape, layouts: Layouts, where: str, x_name: str = "x") -> None:
   if len(x_shape) != len(layouts.lhs):
     raise ValueError(
-        f"{where}: {x_name} has rank {len(x_shape)} (shape {shape_str(x_shape)}) but layout "
-        f"{layouts.lhs!r} has {len(layouts.lhs)} axes; pass a layout with one letter per axis "
-        f"of {x_name}.")
+      f"{where}: {x_name} has rank {len(x_shape)} (shape {shape_str(x_shape)}) but layout "
+      f"{layouts.lhs!r} has {len(layouts.lhs)} axes; pass a layout with one letter per axis "
+      f"of {x_name}."
+    )
   if len(k_shape) != len(layouts.rhs):
     raise ValueError(
-        f"{where}: kernel has rank {len(k_shape)} (shape {shape_str(k_shape)}) but kernel_layout "
-        f"{layouts.rhs!r} has {len(layouts.rhs)} axes; pass a kernel_layout with one letter per "
-        "axis of the kernel.")
+      f"{where}: kernel has rank {len(k_shape)} (shape {shape_str(k_shape)}) but kernel_layout "
+      f"{layouts.rhs!r} has {len(layouts.rhs)} axes; pass a kernel_layout with one letter per "
+      "axis of the kernel."
+    )
   if 0 in k_shape:
     raise ValueError(f"{where}: kernel has an empty axis (shape {shape_str(k_shape)}).")
 
 
-def check_groups(groups: Any, c_in: int, k_in: int, k_out: int, ctx: str, where: str,
-                 x_name: str = "x") -> int:
+def check_groups(
+  groups: Any, c_in: int, k_in: int, k_out: int, ctx: str, where: str, x_name: str = "x"
+) -> int:
   """Checks ``groups`` against the input's channels and the kernel's I and O."""
   if not is_int(groups):
     raise TypeError(f"{where}: groups must be a positive int, got {groups!r}.")
@@ -126,53 +130,67 @@ def check_groups(groups: Any, c_in: int, k_in: int, k_out: int, ctx: str, where:
   if groups < 1:
     raise ValueError(f"{where}: groups must be >= 1, got {groups}.")
   if c_in % groups:
-    raise ValueError(f"{where}: {x_name} has {c_in} channels, which groups={groups} does not "
-                     f"divide ({ctx}).")
+    raise ValueError(
+      f"{where}: {x_name} has {c_in} channels, which groups={groups} does not divide ({ctx})."
+    )
   if k_in * groups != c_in:
-    raise ValueError(f"{where}: kernel has {k_in} input channels per group but {x_name} has "
-                     f"{c_in} channels with groups={groups}, which needs {c_in // groups} "
-                     f"({ctx}).")
+    raise ValueError(
+      f"{where}: kernel has {k_in} input channels per group but {x_name} has "
+      f"{c_in} channels with groups={groups}, which needs {c_in // groups} "
+      f"({ctx})."
+    )
   if k_out % groups:
-    raise ValueError(f"{where}: kernel has {k_out} output channels, which groups={groups} does "
-                     f"not divide ({ctx}).")
+    raise ValueError(
+      f"{where}: kernel has {k_out} output channels, which groups={groups} does not divide ({ctx})."
+    )
   return groups
 
 
 def context(x_shape, k_shape, layouts: Layouts, x_name: str = "x") -> str:
-  return (f"layout {layouts.lhs!r}, kernel_layout {layouts.rhs!r}: kernel.shape="
-          f"{shape_str(k_shape)}, {x_name}.shape={shape_str(x_shape)}")
+  return (
+    f"layout {layouts.lhs!r}, kernel_layout {layouts.rhs!r}: kernel.shape="
+    f"{shape_str(k_shape)}, {x_name}.shape={shape_str(x_shape)}"
+  )
 
 
 def resolve_conv(
-    x_shape: tuple[int, ...],
-    k_shape: tuple[int, ...],
-    *,
-    flip: Any,
-    convention: Any,
-    strides: Any,
-    padding: Any,
-    dilation: Any,
-    input_dilation: Any,
-    groups: Any,
-    layout: Any,
-    kernel_layout: Any,
-    out_layout: Any,
-    pad_mode: Any,
-    where: str,
+  x_shape: tuple[int, ...],
+  k_shape: tuple[int, ...],
+  *,
+  flip: Any,
+  convention: Any,
+  strides: Any,
+  padding: Any,
+  dilation: Any,
+  input_dilation: Any,
+  groups: Any,
+  layout: Any,
+  kernel_layout: Any,
+  out_layout: Any,
+  pad_mode: Any,
+  where: str,
 ) -> ConvCall:
   """Checks the arguments of :func:`flipconv.conv` and makes them explicit."""
   flip, defaults, _ = resolve_convention(flip, convention, transposed=False, where=where)
   if len(k_shape) < 3:
-    raise ValueError(f"{where}: kernel must have rank >= 3 (O, I and at least one spatial "
-                     f"axis), got shape {shape_str(k_shape)}.")
-  layouts = parse_layouts(layout, kernel_layout, out_layout, default_n=len(k_shape) - 2,
-                          where=where, defaults=defaults)
+    raise ValueError(
+      f"{where}: kernel must have rank >= 3 (O, I and at least one spatial "
+      f"axis), got shape {shape_str(k_shape)}."
+    )
+  layouts = parse_layouts(
+    layout, kernel_layout, out_layout, default_n=len(k_shape) - 2, where=where, defaults=defaults
+  )
   check_ranks(x_shape, k_shape, layouts, where)
   n = layouts.n
   ctx = context(x_shape, k_shape, layouts)
-  groups = check_groups(groups, x_shape[layouts.axis("lhs", "C")],
-                        k_shape[layouts.axis("rhs", "I")], k_shape[layouts.axis("rhs", "O")],
-                        ctx, where)
+  groups = check_groups(
+    groups,
+    x_shape[layouts.axis("lhs", "C")],
+    k_shape[layouts.axis("rhs", "I")],
+    k_shape[layouts.axis("rhs", "O")],
+    ctx,
+    where,
+  )
   strides = as_int_tuple(strides, n, "strides", where)
   dilation = as_int_tuple(dilation, n, "dilation", where)
   input_dilation = as_int_tuple(input_dilation, n, "input_dilation", where)
@@ -189,14 +207,17 @@ def resolve_conv(
   for dim, (size, (lo, hi), k) in enumerate(zip(sizes, pads, k_eff, strict=True)):
     if size + lo + hi < k:
       raise ValueError(
-          f"{where}: the kernel is larger than the padded input in spatial dimension {dim} "
-          f"({layouts.spatial[dim]}): effective kernel size {k} (dilation {dilation[dim]}) > "
-          f"input {size} + padding {(lo, hi)} ({ctx}).")
+        f"{where}: the kernel is larger than the padded input in spatial dimension {dim} "
+        f"({layouts.spatial[dim]}): effective kernel size {k} (dilation {dilation[dim]}) > "
+        f"input {size} + padding {(lo, hi)} ({ctx})."
+      )
   if pad_mode != "zeros" and any(p != (0, 0) for p in pads):
     if any(d != 1 for d in input_dilation):
-      raise ValueError(f"{where}: pad_mode={pad_mode!r} with input_dilation={input_dilation} is "
-                       "not defined (the padded values would sit between dilated samples); use "
-                       "pad_mode='zeros' or pad before dilating.")
+      raise ValueError(
+        f"{where}: pad_mode={pad_mode!r} with input_dilation={input_dilation} is "
+        "not defined (the padded values would sit between dilated samples); use "
+        "pad_mode='zeros' or pad before dilating."
+      )
     _padding.check_pad_mode_fits(pad_mode, x_sp, pads, where)
   return ConvCall(layouts, flip, strides, pads, dilation, input_dilation, groups, pad_mode)
 
@@ -206,13 +227,13 @@ def check_method(method: Any, where: str) -> str:
 
 
 def run(
-    x: jnp.ndarray,
-    kernel: jnp.ndarray,
-    call: ConvCall,
-    *,
-    method: str,
-    precision: Any,
-    preferred_element_type: Any,
+  x: jnp.ndarray,
+  kernel: jnp.ndarray,
+  call: ConvCall,
+  *,
+  method: str,
+  precision: Any,
+  preferred_element_type: Any,
 ) -> jnp.ndarray:
   """Executes a resolved conv: flip, pad mode, then one lax (or FFT) conv."""
   layouts = call.layouts
@@ -227,20 +248,21 @@ def run(
     x = _padding.apply_pad_mode(x, call.pad_mode, pads, axes)
     pads = ((0, 0),) * layouts.n
   kwargs = dict(
-      window_strides=call.strides,
-      padding=pads,
-      lhs_dilation=call.input_dilation,
-      rhs_dilation=call.dilation,
-      dimension_numbers=call.dimension_numbers(),
-      feature_group_count=call.groups,
-      precision=precision,
-      preferred_element_type=preferred_element_type,
+    window_strides=call.strides,
+    padding=pads,
+    lhs_dilation=call.input_dilation,
+    rhs_dilation=call.dilation,
+    dimension_numbers=call.dimension_numbers(),
+    feature_group_count=call.groups,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
   )
   if method == "auto":
     from flipconv import _auto
 
-    method = _auto.choose_method(x.shape, kernel.shape, dtype=x.dtype,
-                                 platform=_auto.platform_of(x), **kwargs)
+    method = _auto.choose_method(
+      x.shape, kernel.shape, dtype=x.dtype, platform=_auto.platform_of(x), **kwargs
+    )
   if method == "fft":
     from flipconv import _fft_spmd
 

@@ -26,9 +26,7 @@ def as_bool(value: Any, name: str, where: str) -> bool:
   raise TypeError(f"{where}: {name} must be True or False, got {value!r}.")
 
 
-def as_int_tuple(
-    value: Any, n: int, name: str, where: str, *, minimum: int = 1
-) -> tuple[int, ...]:
+def as_int_tuple(value: Any, n: int, name: str, where: str, *, minimum: int = 1) -> tuple[int, ...]:
   """Normalises an int or a sequence of ``n`` ints, each ``>= minimum``.
 
   Args:
@@ -44,15 +42,16 @@ def as_int_tuple(
   if is_int(value):
     values = (int(value),) * n
   elif (isinstance(value, Sequence) and not isinstance(value, str)) or isinstance(
-      value, np.ndarray):
+    value, np.ndarray
+  ):
     values = tuple(value)
     if not all(is_int(v) for v in values):
       raise TypeError(f"{where}: {name} must be an int or a sequence of {n} ints, got {value!r}.")
     values = tuple(int(v) for v in values)
     if len(values) != n:
       raise ValueError(
-          f"{where}: {name} has {len(values)} values {values} but the conv has {n} spatial "
-          f"dimension{'s' if n != 1 else ''}; give one int or {n} ints."
+        f"{where}: {name} has {len(values)} values {values} but the conv has {n} spatial "
+        f"dimension{'s' if n != 1 else ''}; give one int or {n} ints."
       )
   else:
     raise TypeError(f"{where}: {name} must be an int or a sequence of {n} ints, got {value!r}.")
@@ -75,12 +74,15 @@ def choice(value: Any, name: str, where: str, allowed: dict[str, str]) -> str:
     The canonical name.
   """
   if not isinstance(value, str):
-    raise TypeError(f"{where}: {name} must be a string, one of {sorted(set(allowed))}; "
-                    f"got {value!r}.")
+    raise TypeError(
+      f"{where}: {name} must be a string, one of {sorted(set(allowed))}; got {value!r}."
+    )
   key = value.lower()
   if key not in allowed:
-    raise ValueError(f"{where}: unknown {name} {value!r}{did_you_mean(key, allowed)}; "
-                     f"allowed: {', '.join(sorted(set(allowed)))}.")
+    raise ValueError(
+      f"{where}: unknown {name} {value!r}{did_you_mean(key, allowed)}; "
+      f"allowed: {', '.join(sorted(set(allowed)))}."
+    )
   return allowed[key]
 
 

@@ -35,13 +35,22 @@ PROGRESS_MIN_BYTES = 256 << 20  # a progress bar for files at least this large
 
 # safetensors dtype names (https://github.com/huggingface/safetensors, README "Format").
 _ST_DTYPES = {
-    "BOOL": np.dtype(np.bool_), "U8": np.dtype(np.uint8), "I8": np.dtype(np.int8),
-    "U16": np.dtype(np.uint16), "I16": np.dtype(np.int16), "U32": np.dtype(np.uint32),
-    "I32": np.dtype(np.int32), "U64": np.dtype(np.uint64), "I64": np.dtype(np.int64),
-    "F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16),
-    "F32": np.dtype(np.float32), "F64": np.dtype(np.float64),
-    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn), "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
-    "C64": np.dtype(np.complex64),
+  "BOOL": np.dtype(np.bool_),
+  "U8": np.dtype(np.uint8),
+  "I8": np.dtype(np.int8),
+  "U16": np.dtype(np.uint16),
+  "I16": np.dtype(np.int16),
+  "U32": np.dtype(np.uint32),
+  "I32": np.dtype(np.int32),
+  "U64": np.dtype(np.uint64),
+  "I64": np.dtype(np.int64),
+  "F16": np.dtype(np.float16),
+  "BF16": np.dtype(ml_dtypes.bfloat16),
+  "F32": np.dtype(np.float32),
+  "F64": np.dtype(np.float64),
+  "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+  "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+  "C64": np.dtype(np.complex64),
 }
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 _ST_MAX_HEADER = 100 << 20  # the reference implementation's limit
@@ -64,8 +73,9 @@ class TensorInfo:
     return math.prod(self.shape) * self.dtype.itemsize
 
 
-def file_format(path: str | os.PathLike[str], *, allow_pickle: bool = False,
-                role: str = "file") -> str:
+def file_format(
+  path: str | os.PathLike[str], *, allow_pickle: bool = False, role: str = "file"
+) -> str:
   """The format of ``path`` from its suffix: npz, safetensors, msgpack or pickle.
 
   Raises:
@@ -79,14 +89,17 @@ def file_format(path: str | os.PathLike[str], *, allow_pickle: bool = False,
     if allow_pickle:
       return "pickle"
     raise CheckpointError(
-        f"{path!r} is a pickle-based file ({suffix}): loading a pickle can run any code it "
-        "contains, so flipconv does not open it by default. Save it as .safetensors or .npz "
-        "where it was made, or pass --allow-pickle (allow_pickle=True) to read it with "
-        "PyTorch's restricted loader, torch.load(weights_only=True).")
-  raise CheckpointError(f"{path!r}: unsupported {role} type {suffix or '(no suffix)'!r}; "
-                        f"supported: {', '.join(FORMATS)}"
-                        + (" (and pickle with --allow-pickle)" if role != "output" else "")
-                        + ".")
+      f"{path!r} is a pickle-based file ({suffix}): loading a pickle can run any code it "
+      "contains, so flipconv does not open it by default. Save it as .safetensors or .npz "
+      "where it was made, or pass --allow-pickle (allow_pickle=True) to read it with "
+      "PyTorch's restricted loader, torch.load(weights_only=True)."
+    )
+  raise CheckpointError(
+    f"{path!r}: unsupported {role} type {suffix or '(no suffix)'!r}; "
+    f"supported: {', '.join(FORMATS)}"
+    + (" (and pickle with --allow-pickle)" if role != "output" else "")
+    + "."
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -169,8 +182,9 @@ class SafetensorsReader(Reader):
       raise self._error(f"it has {size} bytes, fewer than the 8-byte header size")
     (n,) = struct.unpack("<Q", head)
     if n > _ST_MAX_HEADER or 8 + n > size:
-      raise self._error(f"the header claims {n} bytes but the file has {size} "
-                        "(truncated or not safetensors)")
+      raise self._error(
+        f"the header claims {n} bytes but the file has {size} (truncated or not safetensors)"
+      )
     try:
       header = json.loads(self._file.read(n).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -192,8 +206,9 @@ class SafetensorsReader(Reader):
         raise self._error(f"tensor {name!r} has a bad entry {e!r}") from None
       info = TensorInfo(name, shape, dtype)
       if min(shape, default=0) < 0 or end - begin != info.nbytes or begin < 0:
-        raise self._error(f"tensor {name!r}: offsets {begin}..{end} do not fit "
-                          f"{e['dtype']} {list(shape)}")
+        raise self._error(
+          f"tensor {name!r}: offsets {begin}..{end} do not fit {e['dtype']} {list(shape)}"
+        )
       entries.append((begin, end, info))
     entries.sort(key=lambda t: t[0])
     pos = 0
@@ -202,8 +217,10 @@ class SafetensorsReader(Reader):
         raise self._error(f"tensor {info.name!r} starts at {begin}, expected {pos}")
       pos = end
     if self._start + pos != size:
-      raise self._error(f"its header describes {self._start + pos} bytes but the file has "
-                        f"{size}" + (" (truncated)" if self._start + pos > size else ""))
+      raise self._error(
+        f"its header describes {self._start + pos} bytes but the file has "
+        f"{size}" + (" (truncated)" if self._start + pos > size else "")
+      )
     self._offsets = {info.name: begin for begin, _, info in entries}
     self.tensors = [info for _, _, info in entries]
     self._infos = {info.name: info for info in self.tensors}
@@ -251,13 +268,18 @@ class NpzReader(Reader):
       try:
         with self._zip.open(member) as f:
           version = np.lib.format.read_magic(f)
-          shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
-                             else np.lib.format.read_array_header_2_0(f))
+          shape, _, dtype = (
+            np.lib.format.read_array_header_1_0(f)
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0(f)
+          )
       except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise self._error(f"member {member.filename!r} has no valid .npy header ({e})") from None
       if dtype.hasobject:
-        raise self._error(f"array {name!r} holds Python objects, which only pickle can read; "
-                          "flipconv reads numeric arrays only")
+        raise self._error(
+          f"array {name!r} holds Python objects, which only pickle can read; "
+          "flipconv reads numeric arrays only"
+        )
       self._members[name] = member
       self.tensors.append(TensorInfo(name, tuple(shape), dtype))
 
@@ -330,8 +352,9 @@ class MsgpackReader(Reader):
     for parts, leaf in _walk(self.tree):
       name = "/".join(parts)
       self._leaves[name] = leaf
-      arr = np.asarray(leaf) if isinstance(leaf, (np.ndarray, np.generic, int, float, bool)) \
-          else None
+      arr = (
+        np.asarray(leaf) if isinstance(leaf, (np.ndarray, np.generic, int, float, bool)) else None
+      )
       if arr is None or arr.dtype.hasobject:
         self.opaque.add(name)
         arr = np.asarray(0)
@@ -356,8 +379,10 @@ class PickleReader(Reader):
     try:
       import torch
     except ImportError:
-      raise CheckpointError(f"{path!r}: reading a pickle-based file needs PyTorch (pip install "
-                            "torch), which restricts what the pickle may build.") from None
+      raise CheckpointError(
+        f"{path!r}: reading a pickle-based file needs PyTorch (pip install "
+        "torch), which restricts what the pickle may build."
+      ) from None
     try:
       obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError, EOFError, ...
@@ -401,8 +426,10 @@ def _torch_to_numpy(t: Any) -> np.ndarray:
 
 
 _READERS: dict[str, Callable[[str], Reader]] = {
-    "npz": NpzReader, "safetensors": SafetensorsReader, "msgpack": MsgpackReader,
-    "pickle": PickleReader,
+  "npz": NpzReader,
+  "safetensors": SafetensorsReader,
+  "msgpack": MsgpackReader,
+  "pickle": PickleReader,
 }
 
 
@@ -471,8 +498,9 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
   try:
     fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".partial", dir=folder)
   except OSError as e:
-    raise CheckpointError(f"{path!r}: cannot create a file in {folder!r} "
-                          f"({e.strerror or e}).") from None
+    raise CheckpointError(
+      f"{path!r}: cannot create a file in {folder!r} ({e.strerror or e})."
+    ) from None
   try:
     with os.fdopen(fd, "wb") as f:
       yield f
@@ -512,12 +540,15 @@ def _le(arr: np.ndarray) -> np.ndarray:
 def _check(info: TensorInfo, arr: np.ndarray, path: str) -> None:
   native = lambda d: d.newbyteorder("=") if d.byteorder in "<>" else d
   if tuple(arr.shape) != tuple(info.shape) or native(arr.dtype) != native(info.dtype):
-    raise CheckpointError(f"{path!r}: tensor {info.name!r} was announced as {info.dtype} "
-                          f"{info.shape} but is {arr.dtype} {arr.shape}.")
+    raise CheckpointError(
+      f"{path!r}: tensor {info.name!r} was announced as {info.dtype} "
+      f"{info.shape} but is {arr.dtype} {arr.shape}."
+    )
 
 
-def _pairs(infos: Sequence[TensorInfo], arrays: Iterable[Any],
-           path: str) -> Iterator[tuple[TensorInfo, Any]]:
+def _pairs(
+  infos: Sequence[TensorInfo], arrays: Iterable[Any], path: str
+) -> Iterator[tuple[TensorInfo, Any]]:
   """``zip(infos, arrays, strict=True)`` that holds no reference to the previous array
   while it asks for the next one (zip's reused result tuple would, keeping three alive)."""
   it = iter(arrays)
@@ -525,17 +556,23 @@ def _pairs(infos: Sequence[TensorInfo], arrays: Iterable[Any],
     try:
       arr = next(it)
     except StopIteration:
-      raise CheckpointError(f"{path!r}: tensor {info.name!r} was announced but never "
-                            "given.") from None
+      raise CheckpointError(
+        f"{path!r}: tensor {info.name!r} was announced but never given."
+      ) from None
     yield info, arr
     del arr
   if next(it, None) is not None:
     raise CheckpointError(f"{path!r}: more tensors given than announced.")
 
 
-def _write_safetensors(f: BinaryIO, path: str, infos: Sequence[TensorInfo],
-                       arrays: Iterable[Any], metadata: Mapping[str, str],
-                       on_bytes: Callable[[int], None]) -> None:
+def _write_safetensors(
+  f: BinaryIO,
+  path: str,
+  infos: Sequence[TensorInfo],
+  arrays: Iterable[Any],
+  metadata: Mapping[str, str],
+  on_bytes: Callable[[int], None],
+) -> None:
   header: dict[str, Any] = {}
   if metadata:
     header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
@@ -543,10 +580,15 @@ def _write_safetensors(f: BinaryIO, path: str, infos: Sequence[TensorInfo],
   for info in infos:
     dtype = info.dtype.newbyteorder("=") if info.dtype.byteorder == ">" else info.dtype
     if dtype not in _ST_NAMES:
-      raise CheckpointError(f"{path!r}: tensor {info.name!r} has dtype {info.dtype}, which "
-                            f"safetensors cannot store ({', '.join(_ST_DTYPES)}).")
-    header[info.name] = {"dtype": _ST_NAMES[dtype], "shape": list(info.shape),
-                         "data_offsets": [pos, pos + info.nbytes]}
+      raise CheckpointError(
+        f"{path!r}: tensor {info.name!r} has dtype {info.dtype}, which "
+        f"safetensors cannot store ({', '.join(_ST_DTYPES)})."
+      )
+    header[info.name] = {
+      "dtype": _ST_NAMES[dtype],
+      "shape": list(info.shape),
+      "data_offsets": [pos, pos + info.nbytes],
+    }
     pos += info.nbytes
   raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
   raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
@@ -560,8 +602,14 @@ def _write_safetensors(f: BinaryIO, path: str, infos: Sequence[TensorInfo],
     on_bytes(info.nbytes)
 
 
-def _write_npz(f: BinaryIO, path: str, infos: Sequence[TensorInfo], arrays: Iterable[Any],
-               compress: bool, on_bytes: Callable[[int], None]) -> None:
+def _write_npz(
+  f: BinaryIO,
+  path: str,
+  infos: Sequence[TensorInfo],
+  arrays: Iterable[Any],
+  compress: bool,
+  on_bytes: Callable[[int], None],
+) -> None:
   # What np.savez does, one member at a time; the data is written from the array's
   # own buffer (np.lib.format.write_array would copy it to bytes first).
   fmt = np.lib.format
@@ -583,9 +631,13 @@ def _write_npz(f: BinaryIO, path: str, infos: Sequence[TensorInfo], arrays: Iter
       on_bytes(info.nbytes)
 
 
-def _write_msgpack(f: BinaryIO, infos: Sequence[TensorInfo], arrays: Iterable[Any],
-                   rebuild: Callable[[list[Any]], Any] | None,
-                   on_bytes: Callable[[int], None]) -> None:
+def _write_msgpack(
+  f: BinaryIO,
+  infos: Sequence[TensorInfo],
+  arrays: Iterable[Any],
+  rebuild: Callable[[list[Any]], Any] | None,
+  on_bytes: Callable[[int], None],
+) -> None:
   from flax import serialization
 
   values = list(arrays)
@@ -595,14 +647,14 @@ def _write_msgpack(f: BinaryIO, infos: Sequence[TensorInfo], arrays: Iterable[An
 
 
 def write_checkpoint(
-    path: str | os.PathLike[str],
-    infos: Sequence[TensorInfo],
-    arrays: Iterable[Any],
-    *,
-    metadata: Mapping[str, str] | None = None,
-    compress: bool = False,
-    rebuild: Callable[[list[Any]], Any] | None = None,
-    on_bytes: Callable[[int], None] | None = None,
+  path: str | os.PathLike[str],
+  infos: Sequence[TensorInfo],
+  arrays: Iterable[Any],
+  *,
+  metadata: Mapping[str, str] | None = None,
+  compress: bool = False,
+  rebuild: Callable[[list[Any]], Any] | None = None,
+  on_bytes: Callable[[int], None] | None = None,
 ) -> None:
   """Writes a checkpoint atomically, one tensor at a time, in the order of ``infos``.
 
@@ -636,8 +688,12 @@ def write_checkpoint(
       _write_msgpack(f, infos, arrays, rebuild, on_bytes)
 
 
-def save(path: str | os.PathLike[str], tensors: Mapping[str, Any], *,
-         metadata: Mapping[str, str] | None = None) -> None:
+def save(
+  path: str | os.PathLike[str],
+  tensors: Mapping[str, Any],
+  *,
+  metadata: Mapping[str, str] | None = None,
+) -> None:
   """Writes a flat ``{name: array}`` mapping (atomically); the suffix picks the format."""
   arrays = {k: np.asarray(v) for k, v in tensors.items()}
   infos = [TensorInfo(k, tuple(v.shape), v.dtype) for k, v in arrays.items()]
@@ -655,8 +711,9 @@ def load(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> dict[st
 
 
 @contextlib.contextmanager
-def progress(total: int, desc: str, *, stream: Any = None,
-             min_bytes: int = PROGRESS_MIN_BYTES) -> Iterator[Callable[[int], None]]:
+def progress(
+  total: int, desc: str, *, stream: Any = None, min_bytes: int = PROGRESS_MIN_BYTES
+) -> Iterator[Callable[[int], None]]:
   """A byte-count callback that drives a tqdm bar on stderr, for large files on a terminal.
 
   Nothing is shown when ``stream`` (default ``sys.stderr``) is not a terminal,
@@ -670,8 +727,15 @@ def progress(total: int, desc: str, *, stream: Any = None,
     except ImportError:
       tqdm = None
     if tqdm is not None:
-      bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                 file=stream, leave=False)
+      bar = tqdm(
+        total=total,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=stream,
+        leave=False,
+      )
   try:
     yield (bar.update if bar is not None else (lambda n: None))
   finally:
@@ -720,8 +784,9 @@ class FilePlan:
   written: bool
 
 
-def plan_file(reader: Reader, src: Any, dst: Any, select: Any = "auto", *,
-              where: str = "flipconv") -> tuple[dict[str, Any], list[Any], list[Any]]:
+def plan_file(
+  reader: Reader, src: Any, dst: Any, select: Any = "auto", *, where: str = "flipconv"
+) -> tuple[dict[str, Any], list[Any], list[Any]]:
   """Selection on a file's tensors, from their headers alone.
 
   Returns:
@@ -729,8 +794,7 @@ def plan_file(reader: Reader, src: Any, dst: Any, select: Any = "auto", *,
   """
   from flipconv.params import Plan, select_leaves
 
-  specs = {t.name: _Spec(t.shape, t.dtype) for t in reader.tensors
-           if t.name not in reader.opaque}
+  specs = {t.name: _Spec(t.shape, t.dtype) for t in reader.tensors if t.name not in reader.opaque}
   _, _, selected, unclassified = select_leaves(specs, src, dst, select, where=where)
   by_name = {sel.keypath[0].key: sel for sel in selected}
   plan = Plan(by_name[t.name].change for t in reader.tensors if t.name in by_name)
@@ -738,16 +802,16 @@ def plan_file(reader: Reader, src: Any, dst: Any, select: Any = "auto", *,
 
 
 def convert_file(
-    src_path: str | os.PathLike[str],
-    dst_path: str | os.PathLike[str],
-    src: Any,
-    dst: Any,
-    *,
-    select: Any = "auto",
-    dry_run: bool = False,
-    force: bool = False,
-    allow_pickle: bool = False,
-    progress_stream: Any = None,
+  src_path: str | os.PathLike[str],
+  dst_path: str | os.PathLike[str],
+  src: Any,
+  dst: Any,
+  *,
+  select: Any = "auto",
+  dry_run: bool = False,
+  force: bool = False,
+  allow_pickle: bool = False,
+  progress_stream: Any = None,
 ) -> FilePlan:
   """Converts the kernels of a checkpoint file from convention ``src`` to ``dst``.
 
@@ -798,33 +862,47 @@ def convert_file(
   dst_format = file_format(dst_path, role="output")
   if os.path.exists(dst_path):
     if os.path.exists(src_path) and os.path.samefile(src_path, dst_path):
-      raise CheckpointError(f"{dst_path!r} is the input file; write the output to a new file "
-                            "(the input is never modified).")
+      raise CheckpointError(
+        f"{dst_path!r} is the input file; write the output to a new file "
+        "(the input is never modified)."
+      )
     if not force and not dry_run:
       raise CheckpointError(f"{dst_path!r} exists; pass --force (force=True) to replace it.")
   with open_checkpoint(src_path, allow_pickle=allow_pickle) as reader:
-    by_name, plan, unclassified = plan_file(reader, src_c, dst_c, select,
-                                            where="flipconv convert")
+    by_name, plan, unclassified = plan_file(reader, src_c, dst_c, select, where="flipconv convert")
     notes = list(reader.notes)
     keep = list(reader.tensors)
     if dst_format != "msgpack" and reader.opaque:
       keep = [t for t in keep if t.name not in reader.opaque]
-      notes += [f"{n}: not a tensor; {dst_format} cannot store it, skipped"
-                for n in sorted(reader.opaque)]
+      notes += [
+        f"{n}: not a tensor; {dst_format} cannot store it, skipped" for n in sorted(reader.opaque)
+      ]
     exotic = [t for t in keep if t.dtype.type.__module__ == "ml_dtypes"]
     if dst_format == "npz" and exotic:
-      notes.append(f"the .npy format has no name for {exotic[0].dtype}: {len(exotic)} tensor(s) "
-                   f"({exotic[0].name}, ...) are stored as raw void bytes ('|V"
-                   f"{exotic[0].dtype.itemsize}'); the bits are kept, the dtype name is not")
+      notes.append(
+        f"the .npy format has no name for {exotic[0].dtype}: {len(exotic)} tensor(s) "
+        f"({exotic[0].name}, ...) are stored as raw void bytes ('|V"
+        f"{exotic[0].dtype.itemsize}'); the bits are kept, the dtype name is not"
+      )
     if reader.metadata and dst_format != "safetensors":
-      notes.append(f"{dst_format} files have no metadata: dropped __metadata__ "
-                   f"{reader.metadata}")
-    result = FilePlan(src_path, dst_path, reader.format, dst_format, list(reader.tensors), plan,
-                      unclassified, notes, written=not dry_run)
+      notes.append(f"{dst_format} files have no metadata: dropped __metadata__ {reader.metadata}")
+    result = FilePlan(
+      src_path,
+      dst_path,
+      reader.format,
+      dst_format,
+      list(reader.tensors),
+      plan,
+      unclassified,
+      notes,
+      written=not dry_run,
+    )
     if dry_run:
       return result
-    out_infos = [TensorInfo(t.name, by_name[t.name].change.new_shape, t.dtype)
-                 if t.name in by_name else t for t in keep]
+    out_infos = [
+      TensorInfo(t.name, by_name[t.name].change.new_shape, t.dtype) if t.name in by_name else t
+      for t in keep
+    ]
 
     def arrays() -> Iterator[Any]:
       for t in keep:  # no local holds a tensor while the next one is read
@@ -837,10 +915,14 @@ def convert_file(
     total = sum(t.nbytes for t in keep)
     with progress(total, os.path.basename(dst_path), stream=progress_stream) as on_bytes:
       write_checkpoint(
-          dst_path, out_infos, arrays(),
-          metadata=reader.metadata if dst_format == "safetensors" else None,
-          compress=reader.compressed,
-          rebuild=reader.rebuild if isinstance(reader, MsgpackReader) and
-          dst_format == "msgpack" else None,
-          on_bytes=on_bytes)
+        dst_path,
+        out_infos,
+        arrays(),
+        metadata=reader.metadata if dst_format == "safetensors" else None,
+        compress=reader.compressed,
+        rebuild=reader.rebuild
+        if isinstance(reader, MsgpackReader) and dst_format == "msgpack"
+        else None,
+        on_bytes=on_bytes,
+      )
   return result

@@ -40,8 +40,9 @@ def _select_rule(text: str) -> tuple[str, str | None]:
   glob, sep, kind = text.rpartition("=")
   if not sep or not glob or kind not in allowed:
     raise argparse.ArgumentTypeError(
-        f"expected GLOB=KIND with KIND one of {', '.join(allowed)}, got {text!r} "
-        "(e.g. --select '*deconv*=conv_transpose')")
+      f"expected GLOB=KIND with KIND one of {', '.join(allowed)}, got {text!r} "
+      "(e.g. --select '*deconv*=conv_transpose')"
+    )
   return glob, None if kind == "none" else kind
 
 
@@ -58,14 +59,22 @@ def _selection(args: argparse.Namespace) -> Any:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--select", action="append", type=_select_rule, metavar="GLOB=KIND",
-                 help="convert the tensors whose name matches GLOB as KIND (conv, "
-                      "conv_transpose, linear, auto, none); repeatable, first match wins; "
-                      "names are split at '.' and '/', '*' matches across them. Without "
-                      "--select, names and ranks decide (auto).")
-  p.add_argument("--allow-pickle", action="store_true",
-                 help="read pickle-based files (.pt, .pth, .ckpt, .pkl, .bin) with "
-                      "torch.load(weights_only=True); refused otherwise")
+  p.add_argument(
+    "--select",
+    action="append",
+    type=_select_rule,
+    metavar="GLOB=KIND",
+    help="convert the tensors whose name matches GLOB as KIND (conv, "
+    "conv_transpose, linear, auto, none); repeatable, first match wins; "
+    "names are split at '.' and '/', '*' matches across them. Without "
+    "--select, names and ranks decide (auto).",
+  )
+  p.add_argument(
+    "--allow-pickle",
+    action="store_true",
+    help="read pickle-based files (.pt, .pth, .ckpt, .pkl, .bin) with "
+    "torch.load(weights_only=True); refused otherwise",
+  )
 
 
 def _notes(command: str, notes: Sequence[Any]) -> None:
@@ -80,44 +89,71 @@ def _notes(command: str, notes: Sequence[Any]) -> None:
 def _convert(args: argparse.Namespace) -> int:
   from flipconv.checkpoints import convert_file
 
-  result = convert_file(args.src, args.dst, args.src_convention, args.dst_convention,
-                        select=_selection(args), dry_run=args.dry_run, force=args.force,
-                        allow_pickle=args.allow_pickle)
+  result = convert_file(
+    args.src,
+    args.dst,
+    args.src_convention,
+    args.dst_convention,
+    select=_selection(args),
+    dry_run=args.dry_run,
+    force=args.force,
+    allow_pickle=args.allow_pickle,
+  )
   plan = result.plan
   _notes("convert", [f"not converted: {u}" for u in result.unclassified] + result.notes)
   if result.unclassified:
-    print("flipconv convert: note: say what they are with --select 'NAME=KIND' (KIND conv, "
-          "conv_transpose, linear or none) plus --select '*=auto' for the rest.",
-          file=sys.stderr)
+    print(
+      "flipconv convert: note: say what they are with --select 'NAME=KIND' (KIND conv, "
+      "conv_transpose, linear or none) plus --select '*=auto' for the rest.",
+      file=sys.stderr,
+    )
   total = sum(t.nbytes for t in result.tensors)
   converted = sum(c.changed for c in plan)
   if args.dry_run:
-    print(f"dry run: {args.src} ({result.src_format}, {len(result.tensors)} tensors, "
-          f"{_size(total)}) -> {args.dst} ({result.dst_format}), "
-          f"{args.src_convention.name} -> {args.dst_convention.name}")
+    print(
+      f"dry run: {args.src} ({result.src_format}, {len(result.tensors)} tensors, "
+      f"{_size(total)}) -> {args.dst} ({result.dst_format}), "
+      f"{args.src_convention.name} -> {args.dst_convention.name}"
+    )
     print(str(plan))
     print("nothing written.")
   else:
-    print(f"wrote {args.dst} ({result.dst_format}, {len(result.tensors)} tensors, "
-          f"{_size(total)}): {converted} converted ({sum(c.flip for c in plan)} flipped), "
-          f"{len(result.tensors) - converted} unchanged; "
-          f"{args.src_convention.name} -> {args.dst_convention.name}.")
+    print(
+      f"wrote {args.dst} ({result.dst_format}, {len(result.tensors)} tensors, "
+      f"{_size(total)}): {converted} converted ({sum(c.flip for c in plan)} flipped), "
+      f"{len(result.tensors) - converted} unchanged; "
+      f"{args.src_convention.name} -> {args.dst_convention.name}."
+    )
   return 0
 
 
 def _add_convert(sub: Any) -> argparse.ArgumentParser:
   p = sub.add_parser(
-      "convert", help="convert a checkpoint's kernels from one convention to another",
-      description="Re-lay-out (and, where the conventions' flips differ, flip) every conv "
-                  "and dense kernel of a checkpoint so that it computes the same under the "
-                  "target convention. Formats: .npz, .safetensors, .msgpack (Flax). SRC is "
-                  "only read; DST is written atomically.")
+    "convert",
+    help="convert a checkpoint's kernels from one convention to another",
+    description="Re-lay-out (and, where the conventions' flips differ, flip) every conv "
+    "and dense kernel of a checkpoint so that it computes the same under the "
+    "target convention. Formats: .npz, .safetensors, .msgpack (Flax). SRC is "
+    "only read; DST is written atomically.",
+  )
   p.add_argument("src", metavar="SRC", help="input checkpoint")
   p.add_argument("dst", metavar="DST", help="output checkpoint (its suffix picks the format)")
-  p.add_argument("--from", dest="src_convention", type=_convention, required=True,
-                 metavar="CONV", help="convention the weights were trained in, e.g. pytorch")
-  p.add_argument("--to", dest="dst_convention", type=_convention, required=True,
-                 metavar="CONV", help="convention they will be used with, e.g. flax")
+  p.add_argument(
+    "--from",
+    dest="src_convention",
+    type=_convention,
+    required=True,
+    metavar="CONV",
+    help="convention the weights were trained in, e.g. pytorch",
+  )
+  p.add_argument(
+    "--to",
+    dest="dst_convention",
+    type=_convention,
+    required=True,
+    metavar="CONV",
+    help="convention they will be used with, e.g. flax",
+  )
   p.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
   p.add_argument("--force", action="store_true", help="replace an existing DST")
   _add_common(p)
@@ -142,19 +178,27 @@ def _inspect(args: argparse.Namespace) -> int:
   with open_checkpoint(args.file, allow_pickle=args.allow_pickle) as ckpt:
     tensors = ckpt.tensors
     params = sum(math.prod(t.shape) for t in tensors)
-    print(f"{args.file}: {ckpt.format}, {len(tensors)} tensors, {params:,} parameters, "
-          f"{_size(ckpt.nbytes)}")
+    print(
+      f"{args.file}: {ckpt.format}, {len(tensors)} tensors, {params:,} parameters, "
+      f"{_size(ckpt.nbytes)}"
+    )
     for key, value in ckpt.metadata.items():
       print(f"  metadata {key} = {value}")
     planned = args.src_convention is not None
     by_name, unclassified = {}, {}
     if planned:
-      by_name, _, found = plan_file(ckpt, args.src_convention, args.dst_convention,
-                                    _selection(args), where="flipconv inspect")
+      by_name, _, found = plan_file(
+        ckpt, args.src_convention, args.dst_convention, _selection(args), where="flipconv inspect"
+      )
       unclassified = {u.path: u for u in found}
-    rows = [("name", "dtype", "shape",
-             f"plan ({args.src_convention.name} -> {args.dst_convention.name})"
-             if planned else "")]
+    rows = [
+      (
+        "name",
+        "dtype",
+        "shape",
+        f"plan ({args.src_convention.name} -> {args.dst_convention.name})" if planned else "",
+      )
+    ]
     for t in tensors:
       what = ""
       if t.name in by_name:
@@ -169,8 +213,10 @@ def _inspect(args: argparse.Namespace) -> int:
       print(("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3]).rstrip())
     _notes("inspect", ckpt.notes)
     if planned:
-      print(f"{len(by_name)} to convert ({sum(s.change.changed for s in by_name.values())} "
-            f"changed), {len(unclassified)} kernel-shaped left unchanged ('?').")
+      print(
+        f"{len(by_name)} to convert ({sum(s.change.changed for s in by_name.values())} "
+        f"changed), {len(unclassified)} kernel-shaped left unchanged ('?')."
+      )
     else:
       print("add --from CONV --to CONV to see what convert would do with each tensor.")
   return 0
@@ -184,9 +230,11 @@ def _shape(shape: Sequence[int]) -> str:
 
 def _add_inspect(sub: Any) -> argparse.ArgumentParser:
   p = sub.add_parser(
-      "inspect", help="list a checkpoint's tensors and what convert would do with them",
-      description="Names, dtypes and shapes of a checkpoint's tensors, its size and metadata; "
-                  "with --from and --to, the conversion planned for each tensor.")
+    "inspect",
+    help="list a checkpoint's tensors and what convert would do with them",
+    description="Names, dtypes and shapes of a checkpoint's tensors, its size and metadata; "
+    "with --from and --to, the conversion planned for each tensor.",
+  )
   p.add_argument("file", metavar="FILE", help="a .npz, .safetensors or .msgpack file")
   p.add_argument("--from", dest="src_convention", type=_convention, metavar="CONV")
   p.add_argument("--to", dest="dst_convention", type=_convention, metavar="CONV")
@@ -218,19 +266,20 @@ def _add_detect(sub: Any) -> argparse.ArgumentParser:
 
 
 COMMANDS: list[tuple[str, AddParser]] = [
-    ("convert", _add_convert),
-    ("inspect", _add_inspect),
-    ("detect", _add_detect),
-    ("demo", _add_demo),
+  ("convert", _add_convert),
+  ("inspect", _add_inspect),
+  ("detect", _add_detect),
+  ("demo", _add_demo),
 ]
 """The sub-commands, in help order: ``(name, add_parser(subparsers) -> parser)``."""
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="flipconv",
-      description="Explicit flip and layout for convolutions, and weight conversion "
-                  "between frameworks' conventions.")
+    prog="flipconv",
+    description="Explicit flip and layout for convolutions, and weight conversion "
+    "between frameworks' conventions.",
+  )
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   for _, add_parser in COMMANDS:
     add_parser(sub)

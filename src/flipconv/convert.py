@@ -87,8 +87,14 @@ def _flip_axes(src_flip: bool, dst_flip: bool, d_layout: str) -> tuple[int, ...]
   return tuple(d_layout.index(c) for c in spatial_letters(d_layout, "kernel"))
 
 
-def kernel_plan(ndim: int, src: str | Convention, dst: str | Convention, *,
-                kind: str = "conv", where: str = "convert_kernel") -> KernelPlan:
+def kernel_plan(
+  ndim: int,
+  src: str | Convention,
+  dst: str | Convention,
+  *,
+  kind: str = "conv",
+  where: str = "convert_kernel",
+) -> KernelPlan:
   """The permutation and flip that take a rank-``ndim`` kernel from ``src`` to ``dst``.
 
   ``kind`` is ``"conv"``, ``"conv_transpose"`` or ``"linear"`` (a dense kernel,
@@ -96,23 +102,32 @@ def kernel_plan(ndim: int, src: str | Convention, dst: str | Convention, *,
   the shape: see :func:`depthwise_plan`.
   """
   if kind not in ("conv", "conv_transpose", "linear"):
-    raise ValueError(f"{where}: kind must be one of conv, conv_transpose, linear, got {kind!r}"
-                     + (" (use depthwise_plan, which needs the shape)" if kind == "depthwise"
-                        else "") + ".")
+    raise ValueError(
+      f"{where}: kind must be one of conv, conv_transpose, linear, got {kind!r}"
+      + (" (use depthwise_plan, which needs the shape)" if kind == "depthwise" else "")
+      + "."
+    )
   s, d = get_convention(src), get_convention(dst)
   if kind == "linear":
     if ndim != 2:
       raise ValueError(f"{where}: a dense kernel has rank 2, got rank {ndim}.")
-    return KernelPlan("linear", s.linear_layout, d.linear_layout,
-                      tuple(s.linear_layout.index(c) for c in d.linear_layout), ())
+    return KernelPlan(
+      "linear",
+      s.linear_layout,
+      d.linear_layout,
+      tuple(s.linear_layout.index(c) for c in d.linear_layout),
+      (),
+    )
   if ndim < 3:
-    raise ValueError(f"{where}: a conv kernel has rank >= 3 (O, I and spatial axes), got rank "
-                     f"{ndim}.")
+    raise ValueError(
+      f"{where}: a conv kernel has rank >= 3 (O, I and spatial axes), got rank {ndim}."
+    )
   transposed = kind == "conv_transpose"
   s_layout, d_layout = _kernel_layouts(s, d, ndim - 2, transposed)
   permutation = tuple(s_layout.index(c) for c in d_layout)
-  flip_axes = _flip_axes(s.transpose_flip if transposed else s.flip,
-                         d.transpose_flip if transposed else d.flip, d_layout)
+  flip_axes = _flip_axes(
+    s.transpose_flip if transposed else s.flip, d.transpose_flip if transposed else d.flip, d_layout
+  )
   return KernelPlan(kind, s_layout, d_layout, permutation, flip_axes)
 
 
@@ -138,11 +153,11 @@ def _check_transposed(transposed: Any, where: str) -> None:
 
 
 def convert_kernel(
-    kernel: ArrayLike,
-    src: str | Convention,
-    dst: str | Convention,
-    *,
-    transposed: bool = False,
+  kernel: ArrayLike,
+  src: str | Convention,
+  dst: str | Convention,
+  *,
+  transposed: bool = False,
 ) -> Any:
   """Re-lays-out and (where the flips differ) flips a kernel from ``src`` to ``dst``.
 
@@ -181,8 +196,9 @@ def convert_kernel(
   """
   where = "convert_kernel"
   _check_transposed(transposed, where)
-  plan = kernel_plan(np.ndim(kernel), src, dst,
-                     kind="conv_transpose" if transposed else "conv", where=where)
+  plan = kernel_plan(
+    np.ndim(kernel), src, dst, kind="conv_transpose" if transposed else "conv", where=where
+  )
   return apply_plan(kernel, plan)
 
 
@@ -210,9 +226,14 @@ def _expanded(layout: str) -> str:
   return layout.replace("O", "CM") if "O" in layout else layout + "I"
 
 
-def depthwise_plan(shape: Sequence[int], src: str | Convention, dst: str | Convention, *,
-                   groups: int | None = None, where: str = "convert_depthwise_kernel"
-                   ) -> KernelPlan:
+def depthwise_plan(
+  shape: Sequence[int],
+  src: str | Convention,
+  dst: str | Convention,
+  *,
+  groups: int | None = None,
+  where: str = "convert_depthwise_kernel",
+) -> KernelPlan:
   """The reshape, permutation and flip that take a depthwise kernel from ``src`` to ``dst``.
 
   Args:
@@ -228,8 +249,10 @@ def depthwise_plan(shape: Sequence[int], src: str | Convention, dst: str | Conve
   """
   shape = tuple(int(s) for s in shape)
   if len(shape) < 3:
-    raise ValueError(f"{where}: a depthwise kernel has rank >= 3 (channel axes and at least "
-                     f"one spatial axis), got shape {shape_str(shape)}.")
+    raise ValueError(
+      f"{where}: a depthwise kernel has rank >= 3 (channel axes and at least "
+      f"one spatial axis), got shape {shape_str(shape)}."
+    )
   s, d = get_convention(src), get_convention(dst)
   n = len(shape) - 2
   s_layout, d_layout = depthwise_layout(s, n), depthwise_layout(d, n)
@@ -238,48 +261,61 @@ def depthwise_plan(shape: Sequence[int], src: str | Convention, dst: str | Conve
   if sorted(s_sp) != sorted(d_sp):  # different spatial letters: match them by order
     s_layout = s_layout.translate(str.maketrans(s_sp, d_sp))
   if groups is not None and (not is_int(groups) or groups < 1):
-    raise ValueError(f"{where}: groups must be a positive int (the input channels C), got "
-                     f"{groups!r}.")
+    raise ValueError(
+      f"{where}: groups must be a positive int (the input channels C), got {groups!r}."
+    )
   sizes = dict(zip(s_layout, shape, strict=True))
   if "O" in s_layout:
     if sizes["I"] != 1:
       raise ValueError(
-          f"{where}: a depthwise kernel in {s.name!r}'s grouped layout {s_layout!r} has "
-          f"I = 1, got shape {shape_str(shape)} (I = {sizes['I']}); is it a regular conv "
-          "kernel? Then use convert_kernel.")
+        f"{where}: a depthwise kernel in {s.name!r}'s grouped layout {s_layout!r} has "
+        f"I = 1, got shape {shape_str(shape)} (I = {sizes['I']}); is it a regular conv "
+        "kernel? Then use convert_kernel."
+      )
     o = sizes["O"]
     if groups is None:
       if "C" in d_layout:
         raise ValueError(
-            f"{where}: converting {s.name!r}'s grouped kernel of shape {shape_str(shape)} to "
-            f"{d.name!r}'s layout {d_layout!r} splits O = {o} into (C, multiplier); pass "
-            "groups=C, the number of input channels.")
+          f"{where}: converting {s.name!r}'s grouped kernel of shape {shape_str(shape)} to "
+          f"{d.name!r}'s layout {d_layout!r} splits O = {o} into (C, multiplier); pass "
+          "groups=C, the number of input channels."
+        )
       groups = o  # any split works: C and M stay together in the same order
     if o % groups:
-      raise ValueError(f"{where}: groups={groups} does not divide O = {o} of the kernel of "
-                       f"shape {shape_str(shape)} ({s.name!r} layout {s_layout!r}).")
+      raise ValueError(
+        f"{where}: groups={groups} does not divide O = {o} of the kernel of "
+        f"shape {shape_str(shape)} ({s.name!r} layout {s_layout!r})."
+      )
     sizes.update(C=int(groups), M=o // int(groups))
   else:
     if groups is not None and groups != sizes["C"]:
-      raise ValueError(f"{where}: groups={groups} but the kernel of shape {shape_str(shape)} "
-                       f"({s.name!r} layout {s_layout!r}) has C = {sizes['C']}.")
+      raise ValueError(
+        f"{where}: groups={groups} but the kernel of shape {shape_str(shape)} "
+        f"({s.name!r} layout {s_layout!r}) has C = {sizes['C']}."
+      )
     sizes["I"] = 1
   s_exp, d_exp = _expanded(s_layout), _expanded(d_layout)
   expand = tuple(sizes[c] for c in s_exp)
   permutation = tuple(s_exp.index(c) for c in d_exp)
   new = tuple(sizes["C"] * sizes["M"] if c == "O" else sizes[c] for c in d_layout)
   flip_axes = tuple(d_layout.index(c) for c in d_sp) if s.flip != d.flip else ()
-  return KernelPlan("depthwise", s_layout, d_layout, permutation, flip_axes,
-                    expand=expand if expand != shape else None,
-                    reshape=new if new != tuple(expand[a] for a in permutation) else None)
+  return KernelPlan(
+    "depthwise",
+    s_layout,
+    d_layout,
+    permutation,
+    flip_axes,
+    expand=expand if expand != shape else None,
+    reshape=new if new != tuple(expand[a] for a in permutation) else None,
+  )
 
 
 def convert_depthwise_kernel(
-    kernel: ArrayLike,
-    src: str | Convention,
-    dst: str | Convention,
-    *,
-    groups: int | None = None,
+  kernel: ArrayLike,
+  src: str | Convention,
+  dst: str | Convention,
+  *,
+  groups: int | None = None,
 ) -> Any:
   """Converts a depthwise kernel between the frameworks' depthwise forms.
 
@@ -329,9 +365,14 @@ def convert_depthwise_kernel(
 # Dense kernels
 
 
-def linear_plan(shape: Sequence[int], src: str | Convention, dst: str | Convention, *,
-                feature_shape: Sequence[int] | None = None,
-                where: str = "convert_linear_kernel") -> KernelPlan:
+def linear_plan(
+  shape: Sequence[int],
+  src: str | Convention,
+  dst: str | Convention,
+  *,
+  feature_shape: Sequence[int] | None = None,
+  where: str = "convert_linear_kernel",
+) -> KernelPlan:
   """The reshape and permutation that take a dense kernel from ``src`` to ``dst``.
 
   See :func:`convert_linear_kernel`.
@@ -343,11 +384,16 @@ def linear_plan(shape: Sequence[int], src: str | Convention, dst: str | Conventi
   plan = kernel_plan(2, s, d, kind="linear", where=where)
   if feature_shape is None:
     return plan
-  if (not isinstance(feature_shape, Sequence) or isinstance(feature_shape, str)
-      or not all(is_int(f) and f >= 1 for f in feature_shape)):
-    raise TypeError(f"{where}: feature_shape must be a sequence of positive ints (one example's "
-                    f"feature map before the flatten, in {s.name!r}'s layout), got "
-                    f"{feature_shape!r}.")
+  if (
+    not isinstance(feature_shape, Sequence)
+    or isinstance(feature_shape, str)
+    or not all(is_int(f) and f >= 1 for f in feature_shape)
+  ):
+    raise TypeError(
+      f"{where}: feature_shape must be a sequence of positive ints (one example's "
+      f"feature map before the flatten, in {s.name!r}'s layout), got "
+      f"{feature_shape!r}."
+    )
   feature_shape = tuple(int(f) for f in feature_shape)
   n = len(feature_shape) - 1
   if n < 0:
@@ -361,24 +407,31 @@ def linear_plan(shape: Sequence[int], src: str | Convention, dst: str | Conventi
   i_size = shape[s.linear_layout.index("I")]
   if math.prod(feature_shape) != i_size:
     raise ValueError(
-        f"{where}: feature_shape {shape_str(feature_shape)} has {math.prod(feature_shape)} "
-        f"elements but the dense kernel of shape {shape_str(shape)} ({s.name!r} layout "
-        f"{s.linear_layout!r}) has I = {i_size} inputs.")
+      f"{where}: feature_shape {shape_str(feature_shape)} has {math.prod(feature_shape)} "
+      f"elements but the dense kernel of shape {shape_str(shape)} ({s.name!r} layout "
+      f"{s.linear_layout!r}) has I = {i_size} inputs."
+    )
   sizes = dict(zip(s_data, feature_shape, strict=True))
   sizes["O"] = shape[s.linear_layout.index("O")]
   s_exp = s.linear_layout.replace("I", s_data)
   d_exp = d.linear_layout.replace("I", d_data)
   return KernelPlan(
-      "linear", s.linear_layout, d.linear_layout, tuple(s_exp.index(c) for c in d_exp), (),
-      expand=tuple(sizes[c] for c in s_exp), reshape=plan.new_shape(shape))
+    "linear",
+    s.linear_layout,
+    d.linear_layout,
+    tuple(s_exp.index(c) for c in d_exp),
+    (),
+    expand=tuple(sizes[c] for c in s_exp),
+    reshape=plan.new_shape(shape),
+  )
 
 
 def convert_linear_kernel(
-    kernel: ArrayLike,
-    src: str | Convention,
-    dst: str | Convention,
-    *,
-    feature_shape: Sequence[int] | None = None,
+  kernel: ArrayLike,
+  src: str | Convention,
+  dst: str | Convention,
+  *,
+  feature_shape: Sequence[int] | None = None,
 ) -> Any:
   """Converts a dense kernel: ``OI`` <-> ``IO``, and the rows of a flattened feature map.
 

@@ -43,21 +43,27 @@ def flip_section(out: Callable[[str], None] = print) -> bool:
   conv = np.asarray(fc.convolve(x, k))[0, :, :, 0]
   corr = np.asarray(fc.correlate(x, k))[0, :, :, 0]
   scipy_conv = scipy.signal.convolve2d(image, kernel, mode="valid")
-  lax_corr = np.asarray(lax.conv_general_dilated(
-      jnp.asarray(x), jnp.asarray(k), (1, 1), "VALID",
-      dimension_numbers=("NHWC", "HWIO", "NHWC")))[0, :, :, 0]
+  lax_corr = np.asarray(
+    lax.conv_general_dilated(
+      jnp.asarray(x), jnp.asarray(k), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+  )[0, :, :, 0]
   flipped = np.asarray(fc.correlate(x, fc.flip_kernel(k, "HWIO")))[0, :, :, 0]
   out("   fc.convolve(image, kernel) (first rows):")
   out(_grid(conv[:2]))
   out("   fc.correlate(image, kernel) (first rows):")
   out(_grid(corr[:2]))
   checks = [
-      ("fc.convolve == scipy.signal.convolve2d(mode='valid')",
-       np.allclose(conv, scipy_conv, atol=1e-5)),
-      ("fc.correlate == lax.conv_general_dilated", np.array_equal(corr, lax_corr)),
-      ("fc.convolve == fc.correlate with fc.flip_kernel(kernel)", np.array_equal(conv, flipped)),
-      ("they differ for this kernel (max |diff| = "
-       f"{np.abs(conv - corr).max():.1f})", not np.allclose(conv, corr)),
+    (
+      "fc.convolve == scipy.signal.convolve2d(mode='valid')",
+      np.allclose(conv, scipy_conv, atol=1e-5),
+    ),
+    ("fc.correlate == lax.conv_general_dilated", np.array_equal(corr, lax_corr)),
+    ("fc.convolve == fc.correlate with fc.flip_kernel(kernel)", np.array_equal(conv, flipped)),
+    (
+      f"they differ for this kernel (max |diff| = {np.abs(conv - corr).max():.1f})",
+      not np.allclose(conv, corr),
+    ),
   ]
 
   # An even kernel has no centre: SAME padding puts the extra row/column at the
@@ -71,9 +77,11 @@ def flip_section(out: Callable[[str], None] = print) -> bool:
   shifted = np.zeros_like(image)
   shifted[:-1, :-1] = image[1:, 1:]
   checks += [
-      ("correlate SAME with the impulse returns the image", np.array_equal(same_corr, image)),
-      ("convolve SAME with the impulse shifts it one pixel up and left",
-       np.array_equal(same_conv, shifted)),
+    ("correlate SAME with the impulse returns the image", np.array_equal(same_corr, image)),
+    (
+      "convolve SAME with the impulse shifts it one pixel up and left",
+      np.array_equal(same_conv, shifted),
+    ),
   ]
   return _report("flip", checks, out)
 
@@ -92,8 +100,12 @@ def checkpoint_section(out: Callable[[str], None] = print) -> bool:
   out(f"{number}. Converting a checkpoint: PyTorch (OIHW) -> Flax (HWIO)")
   rng = np.random.default_rng(1)
   f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)
-  state = {"conv1.weight": f32(3, 3, 3, 3), "conv1.bias": f32(3),   # 3 -> 3 channels
-           "conv2.weight": f32(8, 3, 3, 3), "conv2.bias": f32(8)}   # 3 -> 8 channels
+  state = {
+    "conv1.weight": f32(3, 3, 3, 3),
+    "conv1.bias": f32(3),  # 3 -> 3 channels
+    "conv2.weight": f32(8, 3, 3, 3),
+    "conv2.bias": f32(8),
+  }  # 3 -> 8 channels
   try:
     from safetensors.numpy import save_file
   except ImportError:  # no safetensors: the same story with .npz
@@ -122,39 +134,65 @@ def checkpoint_section(out: Callable[[str], None] = print) -> bool:
   for layer in ("conv1", "conv2"):
     w, b = state[f"{layer}.weight"], state[f"{layer}.bias"]
     if torch is not None:
-      want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
-                                        torch.from_numpy(b), padding=1).numpy()
+      want = torch.nn.functional.conv2d(
+        torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), padding=1
+      ).numpy()
     else:
       want = np.asarray(fc.conv(x, w, convention="pytorch", padding=1)) + b[:, None, None]
     want = want.transpose(0, 2, 3, 1)  # to NHWC, as Flax returns it
     module = nn.Conv(features=w.shape[0], kernel_size=(3, 3), padding=1)
     flax_in = x.transpose(0, 2, 3, 1)
-    got = np.asarray(module.apply(
+    got = np.asarray(
+      module.apply(
         {"params": {"kernel": converted[f"{layer}.weight"], "bias": converted[f"{layer}.bias"]}},
-        flax_in))
+        flax_in,
+      )
+    )
     err = float(np.abs(got - want).max())
-    checks.append((f"{layer}: flax.linen.Conv on the converted file == {reference} on the "
-                   f"original (max |diff| = {err:.1e})", err < 1e-4))
+    checks.append(
+      (
+        f"{layer}: flax.linen.Conv on the converted file == {reference} on the "
+        f"original (max |diff| = {err:.1e})",
+        err < 1e-4,
+      )
+    )
     # The other way: no conversion at all, a layer that holds PyTorch's kernel as it is.
     ours = fc.linen.Conv(w.shape[0], (3, 3), padding=1, convention="pytorch")
     got = np.asarray(ours.apply({"params": fc.nest_params(raw)[layer]}, x)).transpose(0, 2, 3, 1)
     err = float(np.abs(got - want).max())
-    checks.append((f"{layer}: fc.linen.Conv(convention='pytorch') on the unconverted file == "
-                   f"{reference} (max |diff| = {err:.1e})", err < 1e-4))
+    checks.append(
+      (
+        f"{layer}: fc.linen.Conv(convention='pytorch') on the unconverted file == "
+        f"{reference} (max |diff| = {err:.1e})",
+        err < 1e-4,
+      )
+    )
     try:
-      wrong = np.asarray(module.apply(
-          {"params": {"kernel": raw[f"{layer}.weight"], "bias": raw[f"{layer}.bias"]}}, flax_in))
+      wrong = np.asarray(
+        module.apply(
+          {"params": {"kernel": raw[f"{layer}.weight"], "bias": raw[f"{layer}.bias"]}}, flax_in
+        )
+      )
     except Exception as e:  # flax refuses a kernel of the wrong shape
-      checks.append((f"{layer}: the unconverted kernel does not even fit: "
-                     f"{type(e).__name__} (shape {raw[f'{layer}.weight'].shape} where Flax "
-                     f"wants {converted[f'{layer}.weight'].shape})", True))
+      checks.append(
+        (
+          f"{layer}: the unconverted kernel does not even fit: "
+          f"{type(e).__name__} (shape {raw[f'{layer}.weight'].shape} where Flax "
+          f"wants {converted[f'{layer}.weight'].shape})",
+          True,
+        )
+      )
     else:
       off = float(np.abs(wrong - want).max())
-      checks.append((f"{layer}: the unconverted kernel fits the shape but computes something "
-                     f"else (max |diff| = {off:.2f}, outputs up to "
-                     f"{float(np.abs(want).max()):.2f})", off > 1e-2))
+      checks.append(
+        (
+          f"{layer}: the unconverted kernel fits the shape but computes something "
+          f"else (max |diff| = {off:.2f}, outputs up to "
+          f"{float(np.abs(want).max()):.2f})",
+          off > 1e-2,
+        )
+      )
   return _report("checkpoint", checks, out)
-
 
 
 def detect_section(out: Callable[[str], None] = print) -> bool:
@@ -172,33 +210,52 @@ def detect_section(out: Callable[[str], None] = print) -> bool:
   # Lasagne Conv2DLayer(pad=2) flips its filters (a true convolution) and pads
   # k // 2 on both sides (Theano's 'half'; Lasagne's pad='same' is refused for even
   # kernels): scipy's 'full' (k - 1) cut by one on each side.
-  full = np.stack([[sum(scipy.signal.convolve(x[n, i], w[o, i]) for i in range(3))
-                    for o in range(4)] for n in range(2)]).astype(np.float32)
+  full = np.stack(
+    [
+      [sum(scipy.signal.convolve(x[n, i], w[o, i]) for i in range(3)) for o in range(4)]
+      for n in range(2)
+    ]
+  ).astype(np.float32)
   y = full[:, :, 1:-1, 1:-1]
-  out(f"   y: a Lasagne Conv2DLayer(pad=2) output, made with scipy.signal.convolve per "
-      f"channel;\n   x {x.shape}, W {w.shape} -> y {y.shape}. fc.detect_convention(x, W, y):")
+  out(
+    f"   y: a Lasagne Conv2DLayer(pad=2) output, made with scipy.signal.convolve per "
+    f"channel;\n   x {x.shape}, W {w.shape} -> y {y.shape}. fc.detect_convention(x, W, y):"
+  )
   matches = fc.detect_convention(x, w, y)
   for line in format_matches(matches):
     out("     " + line)
   best = matches[0] if matches else None
   ok = best is not None
   checks = [
-      ("the first match is lasagne (flip=True, NCHW, OIHW)",
-       ok and "lasagne" in best.names and best.flip
-       and (best.layout, best.kernel_layout) == ("NCHW", "OIHW")),
-      ("with padding='HALF' (Theano's 'half', k // 2 on both sides: an even kernel gives one "
-       "more row and column)",
-       ok and best.kwargs.get("padding") == "HALF"),
-      ("no cross-correlation convention (pytorch, flax, ...) reproduces y",
-       all(m.flip for m in matches)),
-      ("fc.conv(x, W, **match.kwargs) gives the Lasagne output",
-       ok and np.allclose(np.asarray(fc.conv(x, w, **best.kwargs)), y, atol=1e-4)),
+    (
+      "the first match is lasagne (flip=True, NCHW, OIHW)",
+      ok
+      and "lasagne" in best.names
+      and best.flip
+      and (best.layout, best.kernel_layout) == ("NCHW", "OIHW"),
+    ),
+    (
+      "with padding='HALF' (Theano's 'half', k // 2 on both sides: an even kernel gives one "
+      "more row and column)",
+      ok and best.kwargs.get("padding") == "HALF",
+    ),
+    (
+      "no cross-correlation convention (pytorch, flax, ...) reproduces y",
+      all(m.flip for m in matches),
+    ),
+    (
+      "fc.conv(x, W, **match.kwargs) gives the Lasagne output",
+      ok and np.allclose(np.asarray(fc.conv(x, w, **best.kwargs)), y, atol=1e-4),
+    ),
   ]
   return _report("detect", checks, out)
 
 
-SECTIONS: list[Callable[[Callable[[str], None]], bool]] = [flip_section, checkpoint_section,
-                                                           detect_section]
+SECTIONS: list[Callable[[Callable[[str], None]], bool]] = [
+  flip_section,
+  checkpoint_section,
+  detect_section,
+]
 
 
 def run(out: Callable[[str], None] = print) -> int:
@@ -209,7 +266,9 @@ def run(out: Callable[[str], None] = print) -> int:
     out("")
   ok = all(results)
   out("All checks held." if ok else "Some checks FAILED.")
-  out("More, in a clone of the repository: examples/true_convolution.py (a picture of convolve "
-      "vs correlate),\nexamples/port_pytorch_cnn.py, examples/lasagne_weights.py, "
-      "examples/sharded_training.py.")
+  out(
+    "More, in a clone of the repository: examples/true_convolution.py (a picture of convolve "
+    "vs correlate),\nexamples/port_pytorch_cnn.py, examples/lasagne_weights.py, "
+    "examples/sharded_training.py."
+  )
   return 0 if ok else 1

@@ -71,8 +71,18 @@ KERNEL_LAYOUTS = ("OI{s}", "{s}IO", "{s}OI", "IO{s}", "O{s}I", "I{s}O")
 
 # Padding names in the order they are preferred when several spell one computation.
 _PADDING_NAMES = ("VALID", "SAME", "HALF", "FULL", "SAME_LOWER", "CAUSAL")
-_FIXABLE = ("flip", "layout", "kernel_layout", "out_layout", "strides", "padding", "dilation",
-            "groups", "input_dilation", "pad_mode")
+_FIXABLE = (
+  "flip",
+  "layout",
+  "kernel_layout",
+  "out_layout",
+  "strides",
+  "padding",
+  "dilation",
+  "groups",
+  "input_dilation",
+  "pad_mode",
+)
 _FORWARD_ONLY = ("input_dilation", "pad_mode")
 _MAX_ELEMENTS = 1 << 25  # per compiled call: argument sets x flips x output size
 _UNDETERMINED = "flip undetermined: the kernel is symmetric under flipping"
@@ -137,15 +147,15 @@ class Search:
 
 
 def detect_convention(
-    x: ArrayLike,
-    kernel: ArrayLike,
-    y: ArrayLike,
-    *,
-    transposed: bool = False,
-    bias: ArrayLike | None = None,
-    candidates: Iterable[str | Convention] | None = None,
-    rtol: float | None = None,
-    **conv_kwargs: Any,
+  x: ArrayLike,
+  kernel: ArrayLike,
+  y: ArrayLike,
+  *,
+  transposed: bool = False,
+  bias: ArrayLike | None = None,
+  candidates: Iterable[str | Convention] | None = None,
+  rtol: float | None = None,
+  **conv_kwargs: Any,
 ) -> list[Match]:
   """Finds the conventions (flip and layouts) under which ``kernel`` maps ``x`` to ``y``.
 
@@ -203,8 +213,9 @@ def detect_convention(
     >>> best.names, best.flip, best.kwargs["padding"]
     (('theano', 'lasagne'), True, 'SAME')
   """
-  return search(x, kernel, y, transposed=transposed, bias=bias, candidates=candidates,
-                rtol=rtol, **conv_kwargs).matches
+  return search(
+    x, kernel, y, transposed=transposed, bias=bias, candidates=candidates, rtol=rtol, **conv_kwargs
+  ).matches
 
 
 # ---------------------------------------------------------------------------
@@ -220,11 +231,14 @@ def _array(value: Any, name: str) -> np.ndarray:
     arr = np.asarray(value)
   except Exception as e:  # e.g. a torch tensor that requires grad
     raise TypeError(
-        f"{_WHERE}: {name} ({type(value).__name__}) cannot be read as an array: {e}. Pass a "
-        "NumPy or JAX array (a PyTorch tensor: t.detach().cpu().numpy()).") from None
+      f"{_WHERE}: {name} ({type(value).__name__}) cannot be read as an array: {e}. Pass a "
+      "NumPy or JAX array (a PyTorch tensor: t.detach().cpu().numpy())."
+    ) from None
   if arr.dtype == np.bool_ or not jnp.issubdtype(arr.dtype, jnp.number):
-    raise TypeError(f"{_WHERE}: {name} has dtype {arr.dtype}; detection needs numeric arrays "
-                    "(float, int or complex).")
+    raise TypeError(
+      f"{_WHERE}: {name} has dtype {arr.dtype}; detection needs numeric arrays "
+      "(float, int or complex)."
+    )
   return arr
 
 
@@ -244,12 +258,16 @@ def _default_rtol(arrays: Sequence[np.ndarray], dtype: Any, kernel_size: int) ->
 def _fixed_args(kwargs: dict[str, Any], transposed: bool) -> dict[str, Any]:
   for key in kwargs:
     if key not in _FIXABLE:
-      raise TypeError(f"{_WHERE}: unexpected keyword argument {key!r}"
-                      f"{did_you_mean(key, _FIXABLE)}; the conv arguments it can fix are "
-                      f"{', '.join(_FIXABLE)}.")
+      raise TypeError(
+        f"{_WHERE}: unexpected keyword argument {key!r}"
+        f"{did_you_mean(key, _FIXABLE)}; the conv arguments it can fix are "
+        f"{', '.join(_FIXABLE)}."
+      )
     if transposed and key in _FORWARD_ONLY:
-      raise TypeError(f"{_WHERE}: {key} is an argument of conv, not of conv_transpose; do not "
-                      "pass it with transposed=True.")
+      raise TypeError(
+        f"{_WHERE}: {key} is an argument of conv, not of conv_transpose; do not "
+        "pass it with transposed=True."
+      )
   fixed = dict(kwargs)
   if fixed.get("flip") is not None:
     fixed["flip"] = as_bool(fixed["flip"], "flip", _WHERE)
@@ -285,8 +303,15 @@ def _canonical(arr: np.ndarray, layout: str, spatial: str, first: str, second: s
   return np.transpose(arr, [layout.index(c) for c in (first + second + spatial)])
 
 
-def _check_combo(combo: _Combo, x: np.ndarray, k: np.ndarray, y: np.ndarray,
-                 bias: np.ndarray | None, fixed: dict[str, Any], transposed: bool) -> str:
+def _check_combo(
+  combo: _Combo,
+  x: np.ndarray,
+  k: np.ndarray,
+  y: np.ndarray,
+  bias: np.ndarray | None,
+  fixed: dict[str, Any],
+  transposed: bool,
+) -> str:
   """Fills ``combo`` from the shapes; returns ``""`` or why the layouts do not fit."""
   lay = combo.layouts
   # The forward conv of a transposed layer reads y and writes x.
@@ -297,25 +322,32 @@ def _check_combo(combo: _Combo, x: np.ndarray, k: np.ndarray, y: np.ndarray,
     fwd = Layouts(src_layout, lay.rhs, dst_layout)
     _spec.check_ranks(src.shape, k.shape, fwd, _WHERE, x_name=src_name)
     if dst.ndim != len(dst_layout):
-      return (f"{dst_name} has rank {dst.ndim} (shape {shape_str(dst.shape)}) but its layout "
-              f"{dst_layout!r} has {len(dst_layout)} axes")
+      return (
+        f"{dst_name} has rank {dst.ndim} (shape {shape_str(dst.shape)}) but its layout "
+        f"{dst_layout!r} has {len(dst_layout)} axes"
+      )
     c_src = src.shape[src_layout.index("C")]
     k_in, k_out = k.shape[lay.rhs.index("I")], k.shape[lay.rhs.index("O")]
     groups = fixed.get("groups")
     if groups is None:
       groups = c_src // k_in if k_in and c_src % k_in == 0 else 1
-    _spec.check_groups(groups, c_src, k_in, k_out, _spec.context(src.shape, k.shape, fwd,
-                                                                 src_name), _WHERE, src_name)
+    _spec.check_groups(
+      groups, c_src, k_in, k_out, _spec.context(src.shape, k.shape, fwd, src_name), _WHERE, src_name
+    )
   except (ValueError, TypeError) as e:
     return str(e).removeprefix(f"{_WHERE}: ")
   c_dst = dst.shape[dst_layout.index("C")]
   if c_dst != k_out:
-    return (f"{dst_name} has {c_dst} channels but the kernel has {k_out} output channels (O) "
-            f"(kernel_layout {lay.rhs!r}, kernel.shape={shape_str(k.shape)}, "
-            f"{dst_name}.shape={shape_str(dst.shape)})")
+    return (
+      f"{dst_name} has {c_dst} channels but the kernel has {k_out} output channels (O) "
+      f"(kernel_layout {lay.rhs!r}, kernel.shape={shape_str(k.shape)}, "
+      f"{dst_name}.shape={shape_str(dst.shape)})"
+    )
   if "N" in lay.lhs and x.shape[lay.lhs.index("N")] != y.shape[lay.out.index("N")]:
-    return (f"x has batch {x.shape[lay.lhs.index('N')]} but y has "
-            f"{y.shape[lay.out.index('N')]} (layout {lay.lhs!r})")
+    return (
+      f"x has batch {x.shape[lay.lhs.index('N')]} but y has "
+      f"{y.shape[lay.out.index('N')]} (layout {lay.lhs!r})"
+    )
   c_out = y.shape[lay.out.index("C")]
   if bias is not None and bias.size != c_out:
     return f"bias has {bias.size} values but y has {c_out} channels (layout {lay.out!r})"
@@ -334,8 +366,9 @@ def _check_combo(combo: _Combo, x: np.ndarray, k: np.ndarray, y: np.ndarray,
   return ""
 
 
-def _registry_combos(n: int, x_ndim: int, transposed: bool, names: Sequence[Convention],
-                     fixed: dict[str, Any]) -> tuple[list[_Combo], list[tuple[str, str]]]:
+def _registry_combos(
+  n: int, x_ndim: int, transposed: bool, names: Sequence[Convention], fixed: dict[str, Any]
+) -> tuple[list[_Combo], list[tuple[str, str]]]:
   combos: dict[tuple[str, str], _Combo] = {}
   pruned = []
   for c in names:
@@ -355,8 +388,9 @@ def _registry_combos(n: int, x_ndim: int, transposed: bool, names: Sequence[Conv
     key = (layout, kernel_layout)
     if key not in combos:
       try:
-        lay = parse_layouts(layout, kernel_layout, fixed.get("out_layout"), default_n=n,
-                            where=_WHERE)
+        lay = parse_layouts(
+          layout, kernel_layout, fixed.get("out_layout"), default_n=n, where=_WHERE
+        )
       except (ValueError, TypeError) as e:
         pruned.append((c.name, str(e).removeprefix(f"{_WHERE}: ")))
         continue
@@ -373,8 +407,9 @@ def _disagrees(fixed: dict[str, Any], flip: bool, layout: str, kernel_layout: st
   return ""
 
 
-def _bare_combos(n: int, x_ndim: int, fixed: dict[str, Any], seen: set[tuple[str, str]]
-                 ) -> list[_Combo]:
+def _bare_combos(
+  n: int, x_ndim: int, fixed: dict[str, Any], seen: set[tuple[str, str]]
+) -> list[_Combo]:
   sp = default_spatial(n)
   data = [d.format(s=sp) for d in DATA_LAYOUTS]
   if x_ndim == n + 1:
@@ -434,8 +469,9 @@ def _fits(size: int, out: int, k_eff: int, s: int, lo: int, hi: int) -> bool:
   return _padding.conv_output_sizes((size,), ((lo, hi),), (k_eff,), (s,)) == (out,)
 
 
-def _spellings(tier: int, dims: Sequence[tuple[int, int, int]], strides: tuple[int, ...],
-               fixed_padding: Any) -> Iterable[Any]:
+def _spellings(
+  tier: int, dims: Sequence[tuple[int, int, int]], strides: tuple[int, ...], fixed_padding: Any
+) -> Iterable[Any]:
   """Padding arguments to try for one stride/dilation; ``dims``: (size, out, k_eff)."""
   if fixed_padding is not None:
     if tier != 1:
@@ -443,8 +479,10 @@ def _spellings(tier: int, dims: Sequence[tuple[int, int, int]], strides: tuple[i
     return
   if tier != 1:
     yield from _PADDING_NAMES
-    per_dim = [[p for p in range(k) if _fits(size, out, k, s, p, p)]
-               for (size, out, k), s in zip(dims, strides, strict=True)]
+    per_dim = [
+      [p for p in range(k) if _fits(size, out, k, s, p, p)]
+      for (size, out, k), s in zip(dims, strides, strict=True)
+    ]
     for ps in itertools.product(*per_dim):
       yield _uniform(ps)
   else:
@@ -461,9 +499,16 @@ def _spellings(tier: int, dims: Sequence[tuple[int, int, int]], strides: tuple[i
         yield tuple(pairs)
 
 
-def _arg_sets(combo: _Combo, tier: int, fixed: dict[str, Any], transposed: bool,
-              x_shape: tuple[int, ...], k_shape: tuple[int, ...], y_shape: tuple[int, ...],
-              seen: set[tuple[Any, ...]]) -> tuple[list[_ArgSet], bool]:
+def _arg_sets(
+  combo: _Combo,
+  tier: int,
+  fixed: dict[str, Any],
+  transposed: bool,
+  x_shape: tuple[int, ...],
+  k_shape: tuple[int, ...],
+  y_shape: tuple[int, ...],
+  seen: set[tuple[Any, ...]],
+) -> tuple[list[_ArgSet], bool]:
   """The distinct argument sets of one tier for one layout pair (and whether some were cut)."""
   n = len(combo.dims)
   ks = [k for _, _, k in combo.dims]
@@ -496,15 +541,17 @@ def _arg_sets(combo: _Combo, tier: int, fixed: dict[str, Any], transposed: bool,
     if fixed.get("strides") is not None:
       stride_sets = [_spec.as_int_tuple(fixed["strides"], n, "strides", _WHERE)]
     else:
-      max_pads = [max(k - 1, *(max(p) for p in fixed_pads)) if fixed_pads else k - 1
-                  for k in k_eff]
-      options = [_stride_options(size, out, k, mp) for (size, out, k), mp in
-                 zip(dims, max_pads, strict=True)]
+      max_pads = [max(k - 1, *(max(p) for p in fixed_pads)) if fixed_pads else k - 1 for k in k_eff]
+      options = [
+        _stride_options(size, out, k, mp) for (size, out, k), mp in zip(dims, max_pads, strict=True)
+      ]
       stride_sets = itertools.product(*options)
       if tier >= 2:  # dilated: one stride for every dimension whose output has > 1 element
-        stride_sets = (ss for ss in stride_sets
-                       if len({s for s, (_, out, _) in zip(ss, dims, strict=True)
-                               if out > 1}) <= 1)
+        stride_sets = (
+          ss
+          for ss in stride_sets
+          if len({s for s, (_, out, _) in zip(ss, dims, strict=True) if out > 1}) <= 1
+        )
     for strides in stride_sets:
       strides = tuple(strides)
       for padding in _spellings(tier, dims, strides, fixed.get("padding")):
@@ -527,24 +574,50 @@ def _arg_sets(combo: _Combo, tier: int, fixed: dict[str, Any], transposed: bool,
   return found, cut
 
 
-def _resolve(combo: _Combo, kwargs: dict[str, Any], fixed: dict[str, Any], transposed: bool,
-             x_shape: tuple[int, ...], k_shape: tuple[int, ...], y_shape: tuple[int, ...],
-             tier: int) -> _ArgSet | None:
+def _resolve(
+  combo: _Combo,
+  kwargs: dict[str, Any],
+  fixed: dict[str, Any],
+  transposed: bool,
+  x_shape: tuple[int, ...],
+  k_shape: tuple[int, ...],
+  y_shape: tuple[int, ...],
+  tier: int,
+) -> _ArgSet | None:
   """Checks one spelling with :func:`flipconv._spec.resolve_conv`; None if it does not fit."""
   lay = combo.layouts
   extra = {k: fixed[k] for k in ("input_dilation", "pad_mode") if fixed.get(k) is not None}
   try:
     if transposed:  # the forward conv that the layer is the adjoint of: y -> x
       call = _spec.resolve_conv(
-          y_shape, k_shape, flip=False, convention=None, input_dilation=1, pad_mode="zeros",
-          groups=combo.groups, layout=lay.out, kernel_layout=lay.rhs, out_layout=lay.lhs,
-          where=_WHERE, **kwargs)
+        y_shape,
+        k_shape,
+        flip=False,
+        convention=None,
+        input_dilation=1,
+        pad_mode="zeros",
+        groups=combo.groups,
+        layout=lay.out,
+        kernel_layout=lay.rhs,
+        out_layout=lay.lhs,
+        where=_WHERE,
+        **kwargs,
+      )
     else:
       call = _spec.resolve_conv(
-          x_shape, k_shape, flip=False, convention=None,
-          input_dilation=extra.get("input_dilation", 1), pad_mode=extra.get("pad_mode", "zeros"),
-          groups=combo.groups, layout=lay.lhs, kernel_layout=lay.rhs, out_layout=lay.out,
-          where=_WHERE, **kwargs)
+        x_shape,
+        k_shape,
+        flip=False,
+        convention=None,
+        input_dilation=extra.get("input_dilation", 1),
+        pad_mode=extra.get("pad_mode", "zeros"),
+        groups=combo.groups,
+        layout=lay.lhs,
+        kernel_layout=lay.rhs,
+        out_layout=lay.out,
+        where=_WHERE,
+        **kwargs,
+      )
   except (ValueError, TypeError):
     return None
   sizes = _padding.effective_sizes([s for s, _, _ in combo.dims], call.input_dilation)
@@ -560,15 +633,20 @@ def _resolve(combo: _Combo, kwargs: dict[str, Any], fixed: dict[str, Any], trans
     kwargs.update(more)
   # What the conv computes depends on the low padding, on the stride where the
   # output has more than one element and on the dilation where the kernel has.
-  key = tuple((lo, s if out > 1 else 0, d if k > 1 else 0)
-              for (lo, _), s, d, (_, out, k) in
-              zip(call.pads, call.strides, call.dilation, combo.dims, strict=True))
-  return _ArgSet(kwargs, call.strides, call.dilation, tuple(lo for lo, _ in call.pads),
-                 call.pads, key, tier)
+  key = tuple(
+    (lo, s if out > 1 else 0, d if k > 1 else 0)
+    for (lo, _), s, d, (_, out, k) in zip(
+      call.pads, call.strides, call.dilation, combo.dims, strict=True
+    )
+  )
+  return _ArgSet(
+    kwargs, call.strides, call.dilation, tuple(lo for lo, _ in call.pads), call.pads, key, tier
+  )
 
 
-def _transposed_size_kwargs(combo: _Combo, call: _spec.ConvCall, padding: Any,
-                            k_eff: Sequence[int]) -> dict[str, Any] | None:
+def _transposed_size_kwargs(
+  combo: _Combo, call: _spec.ConvCall, padding: Any, k_eff: Sequence[int]
+) -> dict[str, Any] | None:
   """``output_padding`` or ``output_shape`` so that conv_transpose gives y's sizes."""
   n = len(combo.dims)
   m = [out for _, out, _ in combo.dims]
@@ -580,8 +658,7 @@ def _transposed_size_kwargs(combo: _Combo, call: _spec.ConvCall, padding: Any,
       return {}
     smallest = transpose.output_sizes(*args, 0, None, "pytorch", _WHERE)
     extra = [t - s for t, s in zip(target, smallest, strict=True)]
-    if all(0 <= p < max(s, d) for p, s, d in zip(extra, call.strides, call.dilation,
-                                                  strict=True)):
+    if all(0 <= p < max(s, d) for p, s, d in zip(extra, call.strides, call.dilation, strict=True)):
       return {"output_padding": _uniform(extra)}
     transpose.output_sizes(*args, None, target, "pytorch", _WHERE)
   except ValueError:
@@ -606,9 +683,19 @@ def _forward_errors(windows, kernels, y, bias, index, *, strides, dilation, grou
   sp = default_spatial(y.ndim - 2)
 
   def per_set(w, idx):
-    out = jax.vmap(lambda k: ops.conv(
-        w, k, flip=False, strides=strides, dilation=dilation, groups=groups, layout="NC" + sp,
-        kernel_layout="OI" + sp, precision=lax.Precision.HIGHEST))(kernels)
+    out = jax.vmap(
+      lambda k: ops.conv(
+        w,
+        k,
+        flip=False,
+        strides=strides,
+        dilation=dilation,
+        groups=groups,
+        layout="NC" + sp,
+        kernel_layout="OI" + sp,
+        precision=lax.Precision.HIGHEST,
+      )
+    )(kernels)
     for axis, i in enumerate(idx):
       out = jnp.take(out, i, axis=3 + axis)
     return out
@@ -621,12 +708,22 @@ def _transposed_errors(x, kernels, y, bias, starts, *, strides, dilation, groups
   sp = default_spatial(y.ndim - 2)
   # The adjoint of the forward conv with no low padding, over every position
   # a window touches; low padding `lo` makes the output z[lo : lo + size].
-  z = jax.vmap(lambda k: transpose.conv_transpose(
-      x, k, flip=False, strides=strides, padding="VALID", dilation=dilation, groups=groups,
-      layout="NC" + sp, kernel_layout="OI" + sp, precision=lax.Precision.HIGHEST))(kernels)
+  z = jax.vmap(
+    lambda k: transpose.conv_transpose(
+      x,
+      k,
+      flip=False,
+      strides=strides,
+      padding="VALID",
+      dilation=dilation,
+      groups=groups,
+      layout="NC" + sp,
+      kernel_layout="OI" + sp,
+      precision=lax.Precision.HIGHEST,
+    )
+  )(kernels)
   sizes = y.shape[2:]
-  more = [max(0, m + size - zs) for m, size, zs in zip(max_start, sizes, z.shape[3:],
-                                                        strict=True)]
+  more = [max(0, m + size - zs) for m, size, zs in zip(max_start, sizes, z.shape[3:], strict=True)]
   z = jnp.pad(z, [(0, 0)] * 3 + [(0, e) for e in more])
 
   def window(start):
@@ -635,12 +732,19 @@ def _transposed_errors(x, kernels, y, bias, starts, *, strides, dilation, groups
   return _max_errors(jax.vmap(window)(starts), y, bias)
 
 
-def _windows(x_c: np.ndarray, args: Sequence[_ArgSet], reach: Sequence[int], pad_mode: str,
-             idil: tuple[int, ...]) -> np.ndarray:
+def _windows(
+  x_c: np.ndarray,
+  args: Sequence[_ArgSet],
+  reach: Sequence[int],
+  pad_mode: str,
+  idil: tuple[int, ...],
+) -> np.ndarray:
   """Each argument set's padded input, cut (or padded with zeros) to ``reach``."""
   if any(d != 1 for d in idil):
-    dilated = np.zeros(x_c.shape[:2] + tuple((s - 1) * d + 1 for s, d in
-                                             zip(x_c.shape[2:], idil, strict=True)), x_c.dtype)
+    dilated = np.zeros(
+      x_c.shape[:2] + tuple((s - 1) * d + 1 for s, d in zip(x_c.shape[2:], idil, strict=True)),
+      x_c.dtype,
+    )
     dilated[(slice(None), slice(None), *(slice(None, None, d) for d in idil))] = x_c
     x_c = dilated
   out = []
@@ -655,16 +759,21 @@ def _windows(x_c: np.ndarray, args: Sequence[_ArgSet], reach: Sequence[int], pad
   return np.stack(out)
 
 
-def _evaluate(combo: _Combo, args: list[_ArgSet], flips: tuple[bool, ...], dtype: Any,
-              transposed: bool, fixed: dict[str, Any]) -> np.ndarray:
+def _evaluate(
+  combo: _Combo,
+  args: list[_ArgSet],
+  flips: tuple[bool, ...],
+  dtype: Any,
+  transposed: bool,
+  fixed: dict[str, Any],
+) -> np.ndarray:
   """Max abs errors, shape (len(args), len(flips)), of every argument set and flip."""
   n = len(combo.dims)
   k_c = combo.k_c.astype(dtype)
   kernels = np.stack([np.flip(k_c, tuple(range(2, k_c.ndim))) if f else k_c for f in flips])
   y_c = jnp.asarray(combo.y_c, dtype)
   c_out = combo.y_c.shape[1]
-  bias = (jnp.zeros((c_out,), dtype) if combo.bias_c is None
-          else jnp.asarray(combo.bias_c, dtype))
+  bias = jnp.zeros((c_out,), dtype) if combo.bias_c is None else jnp.asarray(combo.bias_c, dtype)
   x_c = combo.x_c.astype(dtype)
   idil = (1,) * n
   if not transposed and fixed.get("input_dilation") is not None:
@@ -677,39 +786,59 @@ def _evaluate(combo: _Combo, args: list[_ArgSet], flips: tuple[bool, ...], dtype
   groups: dict[tuple[Any, ...], list[int]] = {}
   plans = []
   for i, a in enumerate(args):
-    strides = tuple(s if out > 1 else 1 for s, (_, out, _) in zip(a.strides, combo.dims,
-                                                                   strict=True))
-    dilation = tuple(d if k > 1 else 1 for d, (_, _, k) in zip(a.dilation, combo.dims,
-                                                               strict=True))
+    strides = tuple(
+      s if out > 1 else 1 for s, (_, out, _) in zip(a.strides, combo.dims, strict=True)
+    )
+    dilation = tuple(d if k > 1 else 1 for d, (_, _, k) in zip(a.dilation, combo.dims, strict=True))
     conv_strides = strides if transposed or math.prod(strides) > 4 else (1,) * n
     step = tuple(s // c for s, c in zip(strides, conv_strides, strict=True))
-    reach = tuple((out - 1) * s + (k - 1) * d + 1 for (_, out, k), s, d in
-                  zip(combo.dims, strides, dilation, strict=True))
+    reach = tuple(
+      (out - 1) * s + (k - 1) * d + 1
+      for (_, out, k), s, d in zip(combo.dims, strides, dilation, strict=True)
+    )
     plans.append((step, reach))
     groups.setdefault((conv_strides, dilation), []).append(i)
   chunk = max(1, _MAX_ELEMENTS // (len(flips) * max(1, combo.y_c.size)))
   pad_mode = _padding.normalize_pad_mode(fixed.get("pad_mode") or "zeros", _WHERE)
   for (strides, dilation), members in groups.items():
     for start in range(0, len(members), chunk):
-      idx = members[start:start + chunk]
+      idx = members[start : start + chunk]
       # Padded to a power of two with repeats, so that tiers share compilations.
       idx_padded = idx + idx[:1] * (min(chunk, 1 << (len(idx) - 1).bit_length()) - len(idx))
       part = [args[i] for i in idx_padded]
       if transposed:
         starts = np.array([a.lows for a in part], np.int32)
         err = _transposed_errors(
-            jnp.asarray(x_c), jnp.asarray(kernels), y_c, bias, jnp.asarray(starts),
-            strides=strides, dilation=dilation, groups=combo.groups,
-            max_start=tuple(int(v) for v in starts.max(axis=0)))
+          jnp.asarray(x_c),
+          jnp.asarray(kernels),
+          y_c,
+          bias,
+          jnp.asarray(starts),
+          strides=strides,
+          dilation=dilation,
+          groups=combo.groups,
+          max_start=tuple(int(v) for v in starts.max(axis=0)),
+        )
       else:
         reach = tuple(max(plans[i][1][d] for i in idx_padded) for d in range(n))
         windows = _windows(x_c, part, reach, pad_mode, idil)
-        index = tuple(jnp.asarray(np.stack([np.arange(out) * plans[i][0][d]
-                                            for i in idx_padded]).astype(np.int32))
-                      for d, (_, out, _) in enumerate(combo.dims))
-        err = _forward_errors(jnp.asarray(windows), jnp.asarray(kernels), y_c, bias, index,
-                              strides=strides, dilation=dilation, groups=combo.groups)
-      errors[idx] = np.asarray(err)[:len(idx)]
+        index = tuple(
+          jnp.asarray(
+            np.stack([np.arange(out) * plans[i][0][d] for i in idx_padded]).astype(np.int32)
+          )
+          for d, (_, out, _) in enumerate(combo.dims)
+        )
+        err = _forward_errors(
+          jnp.asarray(windows),
+          jnp.asarray(kernels),
+          y_c,
+          bias,
+          index,
+          strides=strides,
+          dilation=dilation,
+          groups=combo.groups,
+        )
+      errors[idx] = np.asarray(err)[: len(idx)]
   return errors
 
 
@@ -749,9 +878,12 @@ def _flip_note(k: np.ndarray, kernel_layout: str, rtol: float) -> str:
 def _padding_note(arg: _ArgSet) -> str:
   first = arg.spellings[0]
   # 'VALID' is also 0 (and zero pairs) everywhere: not worth a note.
-  others = [s for s in arg.spellings[1:]
-            if s != first and not (first == "VALID" and not isinstance(s, str)
-                                   and not np.any(np.asarray(s)))]
+  others = [
+    s
+    for s in arg.spellings[1:]
+    if s != first
+    and not (first == "VALID" and not isinstance(s, str) and not np.any(np.asarray(s)))
+  ]
   if not others:
     return ""
   shown = ", ".join(repr(s) for s in dict.fromkeys(map(_hashable, others)))
@@ -763,15 +895,15 @@ def _hashable(v: Any) -> Any:
 
 
 def search(
-    x: ArrayLike,
-    kernel: ArrayLike,
-    y: ArrayLike,
-    *,
-    transposed: bool = False,
-    bias: ArrayLike | None = None,
-    candidates: Iterable[str | Convention] | None = None,
-    rtol: float | None = None,
-    **conv_kwargs: Any,
+  x: ArrayLike,
+  kernel: ArrayLike,
+  y: ArrayLike,
+  *,
+  transposed: bool = False,
+  bias: ArrayLike | None = None,
+  candidates: Iterable[str | Convention] | None = None,
+  rtol: float | None = None,
+  **conv_kwargs: Any,
 ) -> Search:
   """:func:`detect_convention` with a report of what was tried (for the command line)."""
   transposed = as_bool(transposed, "transposed", _WHERE)
@@ -784,29 +916,36 @@ def search(
     if not np.all(np.isfinite(np.asarray(a, dtype))):
       raise ValueError(f"{_WHERE}: {name} contains NaN or infinity; pass finite arrays.")
   if ka.ndim < 3:
-    raise ValueError(f"{_WHERE}: kernel must have rank >= 3 (O, I and at least one spatial "
-                     f"axis), got shape {shape_str(ka.shape)}.")
+    raise ValueError(
+      f"{_WHERE}: kernel must have rank >= 3 (O, I and at least one spatial "
+      f"axis), got shape {shape_str(ka.shape)}."
+    )
   n = ka.ndim - 2
   if xa.ndim not in (n + 1, n + 2) or ya.ndim != xa.ndim:
     raise ValueError(
-        f"{_WHERE}: x, kernel and y must have ranks r, n + 2 and r with r = n + 2 (batched) or "
-        f"n + 1 (unbatched), got x {shape_str(xa.shape)}, kernel {shape_str(ka.shape)}, "
-        f"y {shape_str(ya.shape)}.")
+      f"{_WHERE}: x, kernel and y must have ranks r, n + 2 and r with r = n + 2 (batched) or "
+      f"n + 1 (unbatched), got x {shape_str(xa.shape)}, kernel {shape_str(ka.shape)}, "
+      f"y {shape_str(ya.shape)}."
+    )
   if ba is not None and ba.size and np.squeeze(ba).ndim > 1:
-    raise ValueError(f"{_WHERE}: bias must hold one value per output channel, got shape "
-                     f"{shape_str(ba.shape)}.")
+    raise ValueError(
+      f"{_WHERE}: bias must hold one value per output channel, got shape {shape_str(ba.shape)}."
+    )
   y_scale = float(np.max(np.abs(np.asarray(ya, dtype)))) if ya.size else 0.0
   if y_scale == 0.0:
-    raise ValueError(f"{_WHERE}: y is all zeros (shape {shape_str(ya.shape)}), which tells "
-                     "no convention from another; pass an output with non-zero values.")
+    raise ValueError(
+      f"{_WHERE}: y is all zeros (shape {shape_str(ya.shape)}), which tells "
+      "no convention from another; pass an output with non-zero values."
+    )
   if rtol is None:
     rtol = _default_rtol(arrays, dtype, ka.size)
   elif not isinstance(rtol, (int, float)) or isinstance(rtol, bool) or not rtol > 0:
     raise ValueError(f"{_WHERE}: rtol must be a positive number, got {rtol!r}.")
   rtol = float(rtol)
 
-  named, pruned = _registry_combos(n, xa.ndim, transposed, _candidate_conventions(candidates),
-                                   fixed)
+  named, pruned = _registry_combos(
+    n, xa.ndim, transposed, _candidate_conventions(candidates), fixed
+  )
   fitting, reasons = [], {}
   for combo in named:
     why = _check_combo(combo, xa, ka, ya, ba, fixed, transposed)
@@ -832,23 +971,33 @@ def search(
     state.run(bare, named=False)
     tried += [f"bare {c.describe()}" for c in bare]
   if not fitting and not bare:
-    shapes = (f"x {shape_str(xa.shape)}, kernel {shape_str(ka.shape)}, "
-              f"y {shape_str(ya.shape)}" + (f", bias {shape_str(ba.shape)}" if ba is not None
-                                             else ""))
+    shapes = f"x {shape_str(xa.shape)}, kernel {shape_str(ka.shape)}, y {shape_str(ya.shape)}" + (
+      f", bias {shape_str(ba.shape)}" if ba is not None else ""
+    )
     why = "; ".join(f"{name}: {r}" for name, r in pruned[:6]) or "; ".join(
-        f"{d}: {r}" for d, r in list(reasons.items())[:6])
-    raise ValueError(f"{_WHERE}: no convention or flip/layout combination fits the shapes "
-                     f"{shapes}{' with ' + repr(fixed) if fixed else ''}. {why}.")
+      f"{d}: {r}" for d, r in list(reasons.items())[:6]
+    )
+    raise ValueError(
+      f"{_WHERE}: no convention or flip/layout combination fits the shapes "
+      f"{shapes}{' with ' + repr(fixed) if fixed else ''}. {why}."
+    )
   if state.evaluated == 0:
     fits = "; ".join(
-        f"{c.describe()}: sizes {tuple(d[0] for d in c.dims)} -> {tuple(d[1] for d in c.dims)} "
-        f"with kernel {tuple(d[2] for d in c.dims)}" for c in (fitting + bare)[:4])
+      f"{c.describe()}: sizes {tuple(d[0] for d in c.dims)} -> {tuple(d[1] for d in c.dims)} "
+      f"with kernel {tuple(d[2] for d in c.dims)}"
+      for c in (fitting + bare)[:4]
+    )
     given = {k: v for k, v in fixed.items() if k in ("strides", "padding", "dilation")}
-    what = ("y's spatial sizes to x's (in the forward conv of the transposed layer)"
-            if transposed else "x's spatial sizes to y's")
-    raise ValueError(f"{_WHERE}: the layouts fit, but no padding, stride or dilation (up to "
-                     f"{MAX_DILATION}){' with ' + _kwargs_str(given) if given else ''} maps "
-                     f"{what}: {fits}.")
+    what = (
+      "y's spatial sizes to x's (in the forward conv of the transposed layer)"
+      if transposed
+      else "x's spatial sizes to y's"
+    )
+    raise ValueError(
+      f"{_WHERE}: the layouts fit, but no padding, stride or dilation (up to "
+      f"{MAX_DILATION}){' with ' + _kwargs_str(given) if given else ''} maps "
+      f"{what}: {fits}."
+    )
   matches = state.matches(ka, bare=candidates is None)
   return Search(matches, tried, pruned, state.evaluated, state.cut, rtol, state.closest)
 
@@ -856,8 +1005,7 @@ def search(
 class _State:
   """Results of the search so far: per layout pair and flip, the matching argument sets."""
 
-  def __init__(self, x_shape, k_shape, y_shape, transposed, fixed, flips, dtype, rtol,
-               y_scale):
+  def __init__(self, x_shape, k_shape, y_shape, transposed, fixed, flips, dtype, rtol, y_scale):
     self.shapes = (x_shape, k_shape, y_shape)
     self.transposed, self.fixed, self.flips = transposed, fixed, flips
     self.dtype, self.rtol, self.y_scale = dtype, rtol, y_scale
@@ -893,8 +1041,7 @@ class _State:
         return
 
   def _counting_hit(self, start: int, named: bool) -> bool:
-    return any(i >= start and (not named or self.combos[i].names[flip])
-               for (i, flip) in self.hits)
+    return any(i >= start and (not named or self.combos[i].names[flip]) for (i, flip) in self.hits)
 
   def any_named_match(self) -> bool:
     return any(self.combos[i].names[flip] for (i, flip) in self.hits)
@@ -925,9 +1072,11 @@ class _State:
       if pad:
         notes.append(pad)
       if len(hits) > 1:
-        notes.append(f"{len(hits) - 1} other argument set{'s' if len(hits) > 2 else ''} also "
-                     f"reproduce{'' if len(hits) > 2 else 's'} y, e.g. "
-                     f"{_kwargs_str(hits[1][3].kwargs)}")
+        notes.append(
+          f"{len(hits) - 1} other argument set{'s' if len(hits) > 2 else ''} also "
+          f"reproduce{'' if len(hits) > 2 else 's'} y, e.g. "
+          f"{_kwargs_str(hits[1][3].kwargs)}"
+        )
       lay = combo.layouts
       kwargs = {"flip": flip, "layout": lay.lhs, "kernel_layout": lay.rhs}
       if lay.out != lay.lhs:
@@ -937,8 +1086,18 @@ class _State:
       for key in _FORWARD_ONLY:
         if self.fixed.get(key) is not None:
           kwargs[key] = self.fixed[key]
-      out.append(Match(names[0] if names else None, flip, lay.lhs, lay.rhs, err, kwargs,
-                       "; ".join(notes), tuple(names[1:])))
+      out.append(
+        Match(
+          names[0] if names else None,
+          flip,
+          lay.lhs,
+          lay.rhs,
+          err,
+          kwargs,
+          "; ".join(notes),
+          tuple(names[1:]),
+        )
+      )
       order.append((err, tier, i, flip))
     return [m for _, m in sorted(zip(order, out, strict=True), key=lambda p: p[0])]
 
@@ -985,12 +1144,16 @@ def read_npz(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     raise _BadFile(f"{path} is not a readable .npz file ({' '.join(str(e).split())})") from None
   unknown = [k for k in entries if k not in _ARRAYS + _FILE_ARGS]
   if unknown:
-    raise _BadFile(f"{path} has unknown entr{'ies' if len(unknown) > 1 else 'y'} "
-                   f"{', '.join(map(repr, unknown))}; allowed: {', '.join(_ARRAYS + _FILE_ARGS)}")
+    raise _BadFile(
+      f"{path} has unknown entr{'ies' if len(unknown) > 1 else 'y'} "
+      f"{', '.join(map(repr, unknown))}; allowed: {', '.join(_ARRAYS + _FILE_ARGS)}"
+    )
   missing = [k for k in ("x", "kernel", "y") if k not in entries]
   if missing:
-    raise _BadFile(f"{path} lacks the array{'s' if len(missing) > 1 else ''} "
-                   f"{', '.join(map(repr, missing))} (it has: {', '.join(entries) or 'nothing'})")
+    raise _BadFile(
+      f"{path} lacks the array{'s' if len(missing) > 1 else ''} "
+      f"{', '.join(map(repr, missing))} (it has: {', '.join(entries) or 'nothing'})"
+    )
   arrays = {k: entries[k] for k in _ARRAYS if k in entries}
   args = {k: _file_value(k, entries[k]) for k in _FILE_ARGS if k in entries}
   return arrays, args
@@ -1001,15 +1164,27 @@ def format_matches(matches: Sequence[Match]) -> list[str]:
   rows = [("#", "convention", "flip", "layout", "kernel", "error", "arguments")]
   for i, m in enumerate(matches, 1):
     args = {k: v for k, v in m.kwargs.items() if k not in ("flip", "layout", "kernel_layout")}
-    rows.append((str(i), " = ".join(m.names) or "(none)", str(m.flip), m.layout,
-                 m.kernel_layout, f"{m.error:.1e}", _kwargs_str(args)))
+    rows.append(
+      (
+        str(i),
+        " = ".join(m.names) or "(none)",
+        str(m.flip),
+        m.layout,
+        m.kernel_layout,
+        f"{m.error:.1e}",
+        _kwargs_str(args),
+      )
+    )
   widths = [max(len(r[c]) for r in rows) for c in range(6)]
   lines = []
   for r, m in zip(rows, [None, *matches], strict=True):
     lines.append(("  ".join(r[c].ljust(widths[c]) for c in range(6)) + "  " + r[6]).rstrip())
     # The convention column already lists the equivalent conventions.
-    note = "; ".join(part for part in (m.note.split("; ") if m is not None else ())
-                     if not part.endswith("the same here (same flip and layouts)"))
+    note = "; ".join(
+      part
+      for part in (m.note.split("; ") if m is not None else ())
+      if not part.endswith("the same here (same flip and layouts)")
+    )
     if note:
       lines.append(" " * (widths[0] + 2) + "note: " + note)
   return lines
@@ -1020,10 +1195,19 @@ def _run(args: argparse.Namespace) -> int:
   try:
     arrays, fixed = read_npz(args.file)
     transposed = fixed.pop("transposed", False)
-    candidates = ([c.strip() for c in args.candidates.split(",") if c.strip()]
-                  if args.candidates else None)
-    result = search(arrays["x"], arrays["kernel"], arrays["y"], bias=arrays.get("bias"),
-                    transposed=transposed, candidates=candidates, rtol=args.rtol, **fixed)
+    candidates = (
+      [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
+    )
+    result = search(
+      arrays["x"],
+      arrays["kernel"],
+      arrays["y"],
+      bias=arrays.get("bias"),
+      transposed=transposed,
+      candidates=candidates,
+      rtol=args.rtol,
+      **fixed,
+    )
   except (ValueError, TypeError) as e:
     message = " ".join(str(e).split()).removeprefix(f"{_WHERE}: ")
     print(f"{prefix}: error: {message}", file=sys.stderr)
@@ -1036,9 +1220,11 @@ def _run(args: argparse.Namespace) -> int:
       print(line)
     return 0
   print(f"no convention reproduces y within rtol {result.rtol:.1e}.")
-  print(f"tried: {', '.join(result.tried)}; {result.evaluated} argument sets x flips "
-        f"(padding names, symmetric ints and (low, high) pairs, strides that fit the shapes, "
-        f"dilation 1..{MAX_DILATION})" + (", some tiers cut" if result.cut else "") + ".")
+  print(
+    f"tried: {', '.join(result.tried)}; {result.evaluated} argument sets x flips "
+    f"(padding names, symmetric ints and (low, high) pairs, strides that fit the shapes, "
+    f"dilation 1..{MAX_DILATION})" + (", some tiers cut" if result.cut else "") + "."
+  )
   if result.pruned:
     print("did not fit the shapes: " + "; ".join(f"{n}: {r}" for n, r in result.pruned))
   if result.closest is not None:
@@ -1049,18 +1235,27 @@ def _run(args: argparse.Namespace) -> int:
 def add_detect_parser(subparsers: Any) -> argparse.ArgumentParser:
   """Registers ``flipconv detect FILE`` on an ``argparse`` sub-parsers object."""
   p = subparsers.add_parser(
-      "detect", help="name the convention a layer's weights were trained in",
-      description="Reads an .npz with arrays x, kernel and y (the input, kernel and output of "
-                  "one conv layer, as its framework holds them), optionally bias and fixed "
-                  "arguments (strides, padding, dilation, groups, layout, kernel_layout, flip, "
-                  "transposed, ...), and prints the conventions that reproduce y. Exit code 0: "
-                  "something matched; 1: nothing did; 2: a bad file.")
+    "detect",
+    help="name the convention a layer's weights were trained in",
+    description="Reads an .npz with arrays x, kernel and y (the input, kernel and output of "
+    "one conv layer, as its framework holds them), optionally bias and fixed "
+    "arguments (strides, padding, dilation, groups, layout, kernel_layout, flip, "
+    "transposed, ...), and prints the conventions that reproduce y. Exit code 0: "
+    "something matched; 1: nothing did; 2: a bad file.",
+  )
   p.add_argument("file", metavar="FILE", help=".npz with x, kernel, y [, bias, fixed arguments]")
-  p.add_argument("--rtol", type=float, default=None,
-                 help="largest max|error| / max|y| that counts as a match (default: scaled "
-                      "to the dtypes)")
-  p.add_argument("--candidates", default=None, metavar="NAMES",
-                 help="comma-separated conventions to try instead of the whole registry")
+  p.add_argument(
+    "--rtol",
+    type=float,
+    default=None,
+    help="largest max|error| / max|y| that counts as a match (default: scaled to the dtypes)",
+  )
+  p.add_argument(
+    "--candidates",
+    default=None,
+    metavar="NAMES",
+    help="comma-separated conventions to try instead of the whole registry",
+  )
   p.set_defaults(func=_run)
   return p
 

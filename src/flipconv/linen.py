@@ -42,17 +42,31 @@ def _relayout_boxed(value: Any, f: Callable[[Any], Any]) -> Any:
   return f(value)
 
 
-def _call(module: Any, inputs: Any, layer: _modules.Layer, *, input_dilation: Any = 1,
-          pad_mode: Any = "zeros", output_padding: Any = 0) -> jax.Array:
+def _call(
+  module: Any,
+  inputs: Any,
+  layer: _modules.Layer,
+  *,
+  input_dilation: Any = 1,
+  pad_mode: Any = "zeros",
+  output_padding: Any = 0,
+) -> jax.Array:
   """The body shared by :class:`Conv` and :class:`ConvTranspose`."""
   method = check_method(module.method, layer.where)
   in_features = _modules.in_features_of(layer, inputs)
-  groups = _modules.check_features(layer, in_features, module.features,
-                                   module.feature_group_count)
+  groups = _modules.check_features(layer, in_features, module.features, module.feature_group_count)
 
   def init(key: jax.Array) -> Any:
-    return _modules.init_kernel(layer, module.kernel_init, key, in_features, module.features,
-                                groups, module.param_dtype, _relayout_boxed)
+    return _modules.init_kernel(
+      layer,
+      module.kernel_init,
+      key,
+      in_features,
+      module.features,
+      groups,
+      module.param_dtype,
+      _relayout_boxed,
+    )
 
   expected = layer.kernel_shape(in_features, module.features, groups)
   if module.has_variable("params", "kernel"):
@@ -64,11 +78,23 @@ def _call(module: Any, inputs: Any, layer: _modules.Layer, *, input_dilation: An
   if module.use_bias:
     bias = module.param("bias", module.bias_init, (module.features,), module.param_dtype)
   return _modules.apply(
-      layer, inputs, kernel, bias, strides=module.strides, padding=module.padding,
-      pad_mode=pad_mode, kernel_dilation=module.kernel_dilation, input_dilation=input_dilation,
-      groups=groups, output_padding=output_padding, mask=module.mask, dtype=module.dtype,
-      precision=module.precision, preferred_element_type=module.preferred_element_type,
-      method=method)
+    layer,
+    inputs,
+    kernel,
+    bias,
+    strides=module.strides,
+    padding=module.padding,
+    pad_mode=pad_mode,
+    kernel_dilation=module.kernel_dilation,
+    input_dilation=input_dilation,
+    groups=groups,
+    output_padding=output_padding,
+    mask=module.mask,
+    dtype=module.dtype,
+    precision=module.precision,
+    preferred_element_type=module.preferred_element_type,
+    method=method,
+  )
 
 
 class Conv(nn.Module):
@@ -150,11 +176,15 @@ class Conv(nn.Module):
   def __call__(self, inputs: Any) -> jax.Array:
     """Applies the convolution to ``inputs`` (laid out as the module's ``layout``)."""
     layer = _modules.resolve(
-        where="flipconv.linen.Conv", transposed=False, kernel_size=self.kernel_size,
-        convention=self.convention, flip=self.flip, layout=self.layout,
-        kernel_layout=self.kernel_layout)
-    return _call(self, inputs, layer, input_dilation=self.input_dilation,
-                 pad_mode=self.pad_mode)
+      where="flipconv.linen.Conv",
+      transposed=False,
+      kernel_size=self.kernel_size,
+      convention=self.convention,
+      flip=self.flip,
+      layout=self.layout,
+      kernel_layout=self.kernel_layout,
+    )
+    return _call(self, inputs, layer, input_dilation=self.input_dilation, pad_mode=self.pad_mode)
 
 
 class ConvTranspose(nn.Module):
@@ -232,9 +262,15 @@ class ConvTranspose(nn.Module):
   def __call__(self, inputs: Any) -> jax.Array:
     """Applies the transposed convolution to ``inputs``."""
     layer = _modules.resolve(
-        where="flipconv.linen.ConvTranspose", transposed=True, kernel_size=self.kernel_size,
-        convention=self.convention, flip=self.flip, layout=self.layout,
-        kernel_layout=self.kernel_layout, transpose_kernel=self.transpose_kernel)
+      where="flipconv.linen.ConvTranspose",
+      transposed=True,
+      kernel_size=self.kernel_size,
+      convention=self.convention,
+      flip=self.flip,
+      layout=self.layout,
+      kernel_layout=self.kernel_layout,
+      transpose_kernel=self.transpose_kernel,
+    )
     return _call(self, inputs, layer, output_padding=self.output_padding)
 
 

@@ -22,16 +22,18 @@ def _parts(key: Any, sep: str) -> tuple[str, ...]:
     raise TypeError(f"{_WHERE}: keys must be strings, got {type(key).__name__} {key!r}.")
   parts = tuple(key.split(sep))
   if not all(parts):
-    raise ValueError(f"{_WHERE}: key {key!r} has an empty name between separators {sep!r} "
-                     "(a leading, trailing or doubled separator); which module would it be?")
+    raise ValueError(
+      f"{_WHERE}: key {key!r} has an empty name between separators {sep!r} "
+      "(a leading, trailing or doubled separator); which module would it be?"
+    )
   return parts
 
 
 def nest_params(
-    flat: Mapping[str, Any],
-    *,
-    sep: str = ".",
-    rename: Mapping[str, str] = MappingProxyType({"weight": "kernel"}),
+  flat: Mapping[str, Any],
+  *,
+  sep: str = ".",
+  rename: Mapping[str, str] = MappingProxyType({"weight": "kernel"}),
 ) -> dict[str, Any]:
   """Splits flat ``sep``-joined keys into nested dicts and renames the leaf names.
 
@@ -75,29 +77,38 @@ def nest_params(
     {'a': {'b': {'kernel': 1}}}
   """
   if not isinstance(flat, Mapping):
-    raise TypeError(f"{_WHERE}: expected a mapping of flat keys to leaves (a state_dict), got "
-                    f"{type(flat).__name__}.")
+    raise TypeError(
+      f"{_WHERE}: expected a mapping of flat keys to leaves (a state_dict), got "
+      f"{type(flat).__name__}."
+    )
   if not isinstance(sep, str) or not sep:
     raise TypeError(f"{_WHERE}: sep must be a non-empty string, got {sep!r}.")
   if not isinstance(rename, Mapping) or not all(
-      isinstance(k, str) and isinstance(v, str) and v for k, v in rename.items()):
-    raise TypeError(f"{_WHERE}: rename must be a mapping of leaf names to new non-empty names "
-                    f"(e.g. {{'weight': 'kernel'}}), got {rename!r}.")
+    isinstance(k, str) and isinstance(v, str) and v for k, v in rename.items()
+  ):
+    raise TypeError(
+      f"{_WHERE}: rename must be a mapping of leaf names to new non-empty names "
+      f"(e.g. {{'weight': 'kernel'}}), got {rename!r}."
+    )
   # Every key's nested path, then the two kinds of ambiguity, then the tree.
   paths: dict[tuple[str, ...], str] = {}
   for key in flat:
     *heads, last = _parts(key, sep)
     path = (*heads, rename.get(last, last))
     if path in paths:
-      raise ValueError(f"{_WHERE}: keys {paths[path]!r} and {key!r} both become "
-                       f"{'/'.join(path)!r} (rename={dict(rename)!r}); keep one of them.")
+      raise ValueError(
+        f"{_WHERE}: keys {paths[path]!r} and {key!r} both become "
+        f"{'/'.join(path)!r} (rename={dict(rename)!r}); keep one of them."
+      )
     paths[path] = key
   for path, key in paths.items():
     for i in range(1, len(path)):
       if path[:i] in paths:
-        raise ValueError(f"{_WHERE}: {paths[path[:i]]!r} is a leaf (at "
-                         f"{'/'.join(path[:i])!r}) but {key!r} puts parameters under it; a "
-                         "name cannot be both.")
+        raise ValueError(
+          f"{_WHERE}: {paths[path[:i]]!r} is a leaf (at "
+          f"{'/'.join(path[:i])!r}) but {key!r} puts parameters under it; a "
+          "name cannot be both."
+        )
   tree: dict[str, Any] = {}
   for path, key in paths.items():
     node = tree

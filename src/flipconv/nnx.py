@@ -36,10 +36,21 @@ def _relayout_boxed(value: Any, f: Callable[[Any], Any]) -> Any:
 class _Base(nnx.Module):
   """The parameters and call shared by :class:`Conv` and :class:`ConvTranspose`."""
 
-  def _build(self, layer: _modules.Layer, in_features: int, out_features: int, *,
-             feature_group_count: int, use_bias: bool, param_dtype: Any,
-             kernel_init: Initializer, bias_init: Initializer, rngs: nnx.Rngs,
-             kernel_metadata: Mapping[str, Any], bias_metadata: Mapping[str, Any]) -> None:
+  def _build(
+    self,
+    layer: _modules.Layer,
+    in_features: int,
+    out_features: int,
+    *,
+    feature_group_count: int,
+    use_bias: bool,
+    param_dtype: Any,
+    kernel_init: Initializer,
+    bias_init: Initializer,
+    rngs: nnx.Rngs,
+    kernel_metadata: Mapping[str, Any],
+    bias_metadata: Mapping[str, Any],
+  ) -> None:
     groups = _modules.check_features(layer, in_features, out_features, feature_group_count)
     self.layer = layer
     self.in_features = in_features
@@ -48,12 +59,21 @@ class _Base(nnx.Module):
     self.kernel_shape = layer.kernel_shape(in_features, out_features, groups)
     # Keys drawn in Flax's order (kernel, then bias): the same rngs give the same params.
     self.kernel = nnx.Param(
-        _modules.init_kernel(layer, kernel_init, rngs.params(), in_features, out_features,
-                             groups, param_dtype, _relayout_boxed), **kernel_metadata)
+      _modules.init_kernel(
+        layer,
+        kernel_init,
+        rngs.params(),
+        in_features,
+        out_features,
+        groups,
+        param_dtype,
+        _relayout_boxed,
+      ),
+      **kernel_metadata,
+    )
     self.bias: nnx.Param | None
     if use_bias:
-      self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype),
-                            **bias_metadata)
+      self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype), **bias_metadata)
     else:
       self.bias = nnx.data(None)
 
@@ -61,17 +81,29 @@ class _Base(nnx.Module):
     c = _modules.in_features_of(self.layer, inputs)
     if c != self.in_features:
       raise ValueError(
-          f"{self.layer.where}: the input has {c} channels (axis C of layout "
-          f"{self.layer.layout!r}, input shape {tuple(jax.numpy.shape(inputs))}) but the layer "
-          f"was built with in_features={self.in_features}.")
+        f"{self.layer.where}: the input has {c} channels (axis C of layout "
+        f"{self.layer.layout!r}, input shape {tuple(jax.numpy.shape(inputs))}) but the layer "
+        f"was built with in_features={self.in_features}."
+      )
     kernel = self.kernel[...]
     _modules.check_kernel(self.layer, kernel, self.kernel_shape)
     bias = self.bias[...] if self.bias is not None else None
     return _modules.apply(
-        self.layer, inputs, kernel, bias, strides=self.strides, padding=self.padding,
-        kernel_dilation=self.kernel_dilation, groups=self.feature_group_count, mask=self.mask,
-        dtype=self.dtype, precision=self.precision,
-        preferred_element_type=self.preferred_element_type, method=self.method, **kwargs)
+      self.layer,
+      inputs,
+      kernel,
+      bias,
+      strides=self.strides,
+      padding=self.padding,
+      kernel_dilation=self.kernel_dilation,
+      groups=self.feature_group_count,
+      mask=self.mask,
+      dtype=self.dtype,
+      precision=self.precision,
+      preferred_element_type=self.preferred_element_type,
+      method=self.method,
+      **kwargs,
+    )
 
 
 class Conv(_Base):
@@ -92,38 +124,44 @@ class Conv(_Base):
   """
 
   def __init__(
-      self,
-      in_features: int,
-      out_features: int,
-      kernel_size: int | Sequence[int],
-      strides: int | Sequence[int] = 1,
-      *,
-      padding: Any = "SAME",
-      flip: bool | None = None,
-      convention: Any = "flax",
-      layout: str | None = None,
-      kernel_layout: str | None = None,
-      input_dilation: int | Sequence[int] = 1,
-      kernel_dilation: int | Sequence[int] = 1,
-      feature_group_count: int = 1,
-      pad_mode: str = "zeros",
-      use_bias: bool = True,
-      mask: Any = None,
-      dtype: Any = None,
-      param_dtype: Any = jnp.float32,
-      precision: Any = None,
-      kernel_init: Initializer = default_kernel_init,
-      bias_init: Initializer = default_bias_init,
-      method: str = "direct",
-      preferred_element_type: Any = None,
-      rngs: nnx.Rngs,
-      kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
-      bias_metadata: Mapping[str, Any] = MappingProxyType({}),
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: int | Sequence[int],
+    strides: int | Sequence[int] = 1,
+    *,
+    padding: Any = "SAME",
+    flip: bool | None = None,
+    convention: Any = "flax",
+    layout: str | None = None,
+    kernel_layout: str | None = None,
+    input_dilation: int | Sequence[int] = 1,
+    kernel_dilation: int | Sequence[int] = 1,
+    feature_group_count: int = 1,
+    pad_mode: str = "zeros",
+    use_bias: bool = True,
+    mask: Any = None,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    precision: Any = None,
+    kernel_init: Initializer = default_kernel_init,
+    bias_init: Initializer = default_bias_init,
+    method: str = "direct",
+    preferred_element_type: Any = None,
+    rngs: nnx.Rngs,
+    kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
+    bias_metadata: Mapping[str, Any] = MappingProxyType({}),
   ):
     where = "flipconv.nnx.Conv"
-    layer = _modules.resolve(where=where, transposed=False, kernel_size=kernel_size,
-                             convention=convention, flip=flip, layout=layout,
-                             kernel_layout=kernel_layout)
+    layer = _modules.resolve(
+      where=where,
+      transposed=False,
+      kernel_size=kernel_size,
+      convention=convention,
+      flip=flip,
+      layout=layout,
+      kernel_layout=kernel_layout,
+    )
     self.strides = strides
     self.padding = padding
     self.input_dilation = input_dilation
@@ -136,15 +174,25 @@ class Conv(_Base):
     self.precision = precision
     self.method = check_method(method, where)
     self.preferred_element_type = preferred_element_type
-    self._build(layer, in_features, out_features, feature_group_count=feature_group_count,
-                use_bias=use_bias, param_dtype=param_dtype, kernel_init=kernel_init,
-                bias_init=bias_init, rngs=rngs, kernel_metadata=kernel_metadata,
-                bias_metadata=bias_metadata)
+    self._build(
+      layer,
+      in_features,
+      out_features,
+      feature_group_count=feature_group_count,
+      use_bias=use_bias,
+      param_dtype=param_dtype,
+      kernel_init=kernel_init,
+      bias_init=bias_init,
+      rngs=rngs,
+      kernel_metadata=kernel_metadata,
+      bias_metadata=bias_metadata,
+    )
 
   def __call__(self, inputs: Any) -> jax.Array:
     """Applies the convolution to ``inputs`` (laid out as the module's ``layout``)."""
-    return self._apply(inputs, input_dilation=self.input_dilation, pad_mode=self.pad_mode,
-                       output_padding=0)
+    return self._apply(
+      inputs, input_dilation=self.input_dilation, pad_mode=self.pad_mode, output_padding=0
+    )
 
 
 class ConvTranspose(_Base):
@@ -164,38 +212,45 @@ class ConvTranspose(_Base):
   """
 
   def __init__(
-      self,
-      in_features: int,
-      out_features: int,
-      kernel_size: int | Sequence[int],
-      strides: int | Sequence[int] = 1,
-      *,
-      padding: Any = "SAME",
-      output_padding: int | Sequence[int] = 0,
-      flip: bool | None = None,
-      convention: Any = "flax",
-      layout: str | None = None,
-      kernel_layout: str | None = None,
-      kernel_dilation: int | Sequence[int] = 1,
-      feature_group_count: int = 1,
-      use_bias: bool = True,
-      mask: Any = None,
-      dtype: Any = None,
-      param_dtype: Any = jnp.float32,
-      precision: Any = None,
-      kernel_init: Initializer = default_kernel_init,
-      bias_init: Initializer = default_bias_init,
-      transpose_kernel: bool = False,
-      method: str = "direct",
-      preferred_element_type: Any = None,
-      rngs: nnx.Rngs,
-      kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
-      bias_metadata: Mapping[str, Any] = MappingProxyType({}),
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: int | Sequence[int],
+    strides: int | Sequence[int] = 1,
+    *,
+    padding: Any = "SAME",
+    output_padding: int | Sequence[int] = 0,
+    flip: bool | None = None,
+    convention: Any = "flax",
+    layout: str | None = None,
+    kernel_layout: str | None = None,
+    kernel_dilation: int | Sequence[int] = 1,
+    feature_group_count: int = 1,
+    use_bias: bool = True,
+    mask: Any = None,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    precision: Any = None,
+    kernel_init: Initializer = default_kernel_init,
+    bias_init: Initializer = default_bias_init,
+    transpose_kernel: bool = False,
+    method: str = "direct",
+    preferred_element_type: Any = None,
+    rngs: nnx.Rngs,
+    kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
+    bias_metadata: Mapping[str, Any] = MappingProxyType({}),
   ):
     where = "flipconv.nnx.ConvTranspose"
-    layer = _modules.resolve(where=where, transposed=True, kernel_size=kernel_size,
-                             convention=convention, flip=flip, layout=layout,
-                             kernel_layout=kernel_layout, transpose_kernel=transpose_kernel)
+    layer = _modules.resolve(
+      where=where,
+      transposed=True,
+      kernel_size=kernel_size,
+      convention=convention,
+      flip=flip,
+      layout=layout,
+      kernel_layout=kernel_layout,
+      transpose_kernel=transpose_kernel,
+    )
     self.strides = strides
     self.padding = padding
     self.output_padding = output_padding
@@ -208,15 +263,25 @@ class ConvTranspose(_Base):
     self.transpose_kernel = transpose_kernel
     self.method = check_method(method, where)
     self.preferred_element_type = preferred_element_type
-    self._build(layer, in_features, out_features, feature_group_count=feature_group_count,
-                use_bias=use_bias, param_dtype=param_dtype, kernel_init=kernel_init,
-                bias_init=bias_init, rngs=rngs, kernel_metadata=kernel_metadata,
-                bias_metadata=bias_metadata)
+    self._build(
+      layer,
+      in_features,
+      out_features,
+      feature_group_count=feature_group_count,
+      use_bias=use_bias,
+      param_dtype=param_dtype,
+      kernel_init=kernel_init,
+      bias_init=bias_init,
+      rngs=rngs,
+      kernel_metadata=kernel_metadata,
+      bias_metadata=bias_metadata,
+    )
 
   def __call__(self, inputs: Any) -> jax.Array:
     """Applies the transposed convolution to ``inputs``."""
-    return self._apply(inputs, input_dilation=1, pad_mode="zeros",
-                       output_padding=self.output_padding)
+    return self._apply(
+      inputs, input_dilation=1, pad_mode="zeros", output_padding=self.output_padding
+    )
 
 
 __all__ = ["Conv", "ConvTranspose"]

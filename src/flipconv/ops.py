@@ -13,23 +13,23 @@ from flipconv._layouts import check_letters, spatial_letters
 
 
 def conv(
-    x: ArrayLike,
-    kernel: ArrayLike,
-    *,
-    flip: bool | None = None,
-    convention: Any = None,
-    strides: int | tuple[int, ...] = 1,
-    padding: Any = "VALID",
-    dilation: int | tuple[int, ...] = 1,
-    input_dilation: int | tuple[int, ...] = 1,
-    groups: int = 1,
-    layout: Any = None,
-    kernel_layout: str | None = None,
-    out_layout: str | None = None,
-    pad_mode: str = "zeros",
-    method: str = "direct",
-    precision: Any = None,
-    preferred_element_type: Any = None,
+  x: ArrayLike,
+  kernel: ArrayLike,
+  *,
+  flip: bool | None = None,
+  convention: Any = None,
+  strides: int | tuple[int, ...] = 1,
+  padding: Any = "VALID",
+  dilation: int | tuple[int, ...] = 1,
+  input_dilation: int | tuple[int, ...] = 1,
+  groups: int = 1,
+  layout: Any = None,
+  kernel_layout: str | None = None,
+  out_layout: str | None = None,
+  pad_mode: str = "zeros",
+  method: str = "direct",
+  precision: Any = None,
+  preferred_element_type: Any = None,
 ) -> jax.Array:
   r"""N-d convolution whose flip and axis layouts are explicit.
 
@@ -94,13 +94,30 @@ def conv(
   kernel = _spec.as_array(kernel, "kernel", where)
   method = _spec.check_method(method, where)
   call = _spec.resolve_conv(
-      x.shape, kernel.shape, flip=flip, convention=convention, strides=strides,
-      padding=padding, dilation=dilation, input_dilation=input_dilation, groups=groups,
-      layout=layout, kernel_layout=kernel_layout, out_layout=out_layout, pad_mode=pad_mode,
-      where=where)
+    x.shape,
+    kernel.shape,
+    flip=flip,
+    convention=convention,
+    strides=strides,
+    padding=padding,
+    dilation=dilation,
+    input_dilation=input_dilation,
+    groups=groups,
+    layout=layout,
+    kernel_layout=kernel_layout,
+    out_layout=out_layout,
+    pad_mode=pad_mode,
+    where=where,
+  )
   x, kernel = _spec.promote(x, kernel)
-  return _spec.run(x, kernel, call, method=method, precision=precision,
-                   preferred_element_type=preferred_element_type)
+  return _spec.run(
+    x,
+    kernel,
+    call,
+    method=method,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
 
 
 def convolve(x: ArrayLike, kernel: ArrayLike, **kwargs: Any) -> jax.Array:
@@ -176,8 +193,10 @@ def flip_kernel(kernel: ArrayLike, kernel_layout: str) -> jax.Array:
   kernel = _spec.as_array(kernel, "kernel", where)
   kernel_layout = check_letters(kernel_layout, "kernel_layout", where, "OI")
   if kernel.ndim != len(kernel_layout):
-    raise ValueError(f"{where}: kernel has rank {kernel.ndim} (shape {tuple(kernel.shape)}) but "
-                     f"kernel_layout {kernel_layout!r} has {len(kernel_layout)} axes.")
+    raise ValueError(
+      f"{where}: kernel has rank {kernel.ndim} (shape {tuple(kernel.shape)}) but "
+      f"kernel_layout {kernel_layout!r} has {len(kernel_layout)} axes."
+    )
   sp = spatial_letters(kernel_layout, "kernel")
   return lax.rev(kernel, tuple(kernel_layout.index(c) for c in sp))
 

@@ -98,8 +98,10 @@ class Change:
     return f"{self.src_layout} -> {self.dst_layout}: " + ", ".join(what)
 
   def __str__(self) -> str:
-    return (f"{self.path}: {self.kind} {shape_str(self.old_shape)} -> "
-            f"{shape_str(self.new_shape)} ({self.describe()})")
+    return (
+      f"{self.path}: {self.kind} {shape_str(self.old_shape)} -> "
+      f"{shape_str(self.new_shape)} ({self.describe()})"
+    )
 
 
 class Plan(list):
@@ -113,14 +115,18 @@ def format_plan(changes: Sequence[Change]) -> str:
   """The changes as an aligned table, one line per leaf, and a count (``flipconv --dry-run``)."""
   if not changes:
     return "no leaf selected: nothing to convert."
-  rows = [(c.path, c.kind, shape_str(c.old_shape), "->", shape_str(c.new_shape), c.describe())
-          for c in changes]
+  rows = [
+    (c.path, c.kind, shape_str(c.old_shape), "->", shape_str(c.new_shape), c.describe())
+    for c in changes
+  ]
   widths = [max(len(r[i]) for r in rows) for i in range(5)]
   lines = ["  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5] for r in rows]
   n_changed = sum(c.changed for c in changes)
   n_flip = sum(c.flip for c in changes)
-  lines.append(f"{len(changes)} selected: {n_changed} converted ({n_flip} flipped), "
-               f"{len(changes) - n_changed} unchanged.")
+  lines.append(
+    f"{len(changes)} selected: {n_changed} converted ({n_flip} flipped), "
+    f"{len(changes) - n_changed} unchanged."
+  )
   return "\n".join(lines)
 
 
@@ -165,8 +171,11 @@ def _key_str(key: Any) -> str:
 
 def _unwrapped(keypath: Sequence[Any]) -> list[Any]:
   keys = list(keypath)
-  if (len(keys) > 1 and isinstance(keys[-1], jax.tree_util.GetAttrKey)
-      and keys[-1].name in _WRAPPER_ATTRS):
+  if (
+    len(keys) > 1
+    and isinstance(keys[-1], jax.tree_util.GetAttrKey)
+    and keys[-1].name in _WRAPPER_ATTRS
+  ):
     keys = keys[:-1]
   return keys
 
@@ -209,8 +218,13 @@ def _is_array(leaf: Any) -> bool:
   return hasattr(leaf, "shape") and hasattr(leaf, "dtype") and not isinstance(leaf, type)
 
 
-def _auto(parts: list[str], modules: Callable[[], list[str]], shape: tuple[int, ...],
-          src: Convention, dst: Convention) -> tuple[str | None, str | None]:
+def _auto(
+  parts: list[str],
+  modules: Callable[[], list[str]],
+  shape: tuple[int, ...],
+  src: Convention,
+  dst: Convention,
+) -> tuple[str | None, str | None]:
   """The "auto" rule: ``(kind or None, reason to report or None)``."""
   name = parts[-1] if parts else ""
   kernel_named = name.lower() in KERNEL_NAMES
@@ -218,8 +232,10 @@ def _auto(parts: list[str], modules: Callable[[], list[str]], shape: tuple[int, 
     if not kernel_named:
       if name.lower() in _NOT_KERNELS or sum(n > 1 for n in shape) < 2:
         return None, None  # an Equinox bias (C, 1, 1), a scale: nothing like a kernel
-      return None, (f"rank {len(shape)} like a conv kernel, but named {name!r}, not one of "
-                    f"{', '.join(sorted(KERNEL_NAMES))}")
+      return None, (
+        f"rank {len(shape)} like a conv kernel, but named {name!r}, not one of "
+        f"{', '.join(sorted(KERNEL_NAMES))}"
+      )
     transposed = any(_TRANSPOSED.search(m) for m in modules())
     return ("conv_transpose" if transposed else "conv"), None
   if len(shape) == 2 and kernel_named and src.linear_layout != dst.linear_layout:
@@ -239,8 +255,10 @@ def _check_kind(kind: Any, where: str, what: str) -> str | None:
     return None
   if kind == "auto" or kind in KINDS:
     return kind
-  raise ValueError(f"{where}: {what} gave kind {kind!r}; allowed: "
-                   f"{', '.join(repr(k) for k in (*KINDS, 'auto', None))}.")
+  raise ValueError(
+    f"{where}: {what} gave kind {kind!r}; allowed: "
+    f"{', '.join(repr(k) for k in (*KINDS, 'auto', None))}."
+  )
 
 
 class _GlobSelector:
@@ -252,8 +270,9 @@ class _GlobSelector:
     for pattern, kind in mapping.items():
       if not isinstance(pattern, str) or not pattern:
         raise TypeError(f"{where}: select patterns must be non-empty strings, got {pattern!r}.")
-      self.rules.append((pattern, _glob_regex(pattern),
-                         _check_kind(kind, where, f"select pattern {pattern!r}")))
+      self.rules.append(
+        (pattern, _glob_regex(pattern), _check_kind(kind, where, f"select pattern {pattern!r}"))
+      )
     self.used: set[str] = set()
     self.paths: list[str] = []
 
@@ -270,46 +289,59 @@ class _GlobSelector:
     if unused:
       examples = ", ".join(repr(p) for p in self.paths[:4]) or "none: the tree has no array"
       raise ValueError(
-          f"{self.where}: select pattern{'s' if len(unused) > 1 else ''} "
-          f"{', '.join(repr(p) for p in unused)} match{'' if len(unused) > 1 else 'es'} no "
-          f"array leaf. Patterns are globs on the '/'-joined path (dots count as '/', '*' "
-          f"crosses '/'); paths look like {examples}.")
+        f"{self.where}: select pattern{'s' if len(unused) > 1 else ''} "
+        f"{', '.join(repr(p) for p in unused)} match{'' if len(unused) > 1 else 'es'} no "
+        f"array leaf. Patterns are globs on the '/'-joined path (dots count as '/', '*' "
+        f"crosses '/'); paths look like {examples}."
+      )
 
 
 def _selector(select: Any, where: str) -> Selector:
   if isinstance(select, str):
     if select != "auto":
-      raise ValueError(f"{where}: select must be 'auto', a callable (path, leaf) -> kind, or a "
-                       f"mapping from glob patterns to kinds; got the string {select!r}.")
+      raise ValueError(
+        f"{where}: select must be 'auto', a callable (path, leaf) -> kind, or a "
+        f"mapping from glob patterns to kinds; got the string {select!r}."
+      )
     return lambda path, leaf: "auto"
   if isinstance(select, Mapping):
     return _GlobSelector(select, where)
   if callable(select):
-    return lambda path, leaf: _check_kind(select(path, leaf), where,
-                                          f"select({path!r}, leaf)")
-  raise TypeError(f"{where}: select must be 'auto', a callable (path, leaf) -> kind, or a "
-                  f"mapping from glob patterns to kinds; got {type(select).__name__} "
-                  f"{select!r}.")
+    return lambda path, leaf: _check_kind(select(path, leaf), where, f"select({path!r}, leaf)")
+  raise TypeError(
+    f"{where}: select must be 'auto', a callable (path, leaf) -> kind, or a "
+    f"mapping from glob patterns to kinds; got {type(select).__name__} "
+    f"{select!r}."
+  )
 
 
-def _plan_leaf(kind: str, path: str, shape: tuple[int, ...], src: Convention, dst: Convention,
-               where: str) -> KernelPlan:
+def _plan_leaf(
+  kind: str, path: str, shape: tuple[int, ...], src: Convention, dst: Convention, where: str
+) -> KernelPlan:
   if kind == "linear":
     if len(shape) != 2:
-      raise ValueError(f"{where}: leaf {path!r} of shape {shape_str(shape)} is selected as "
-                       "'linear', but a dense kernel has rank 2.")
+      raise ValueError(
+        f"{where}: leaf {path!r} of shape {shape_str(shape)} is selected as "
+        "'linear', but a dense kernel has rank 2."
+      )
     # The dense kernel's axes are O and I, permuted like a conv kernel's.
     s, d = src.linear_layout, dst.linear_layout
     return KernelPlan("linear", s, d, tuple(s.index(c) for c in d), ())
   if len(shape) < 3:
-    raise ValueError(f"{where}: leaf {path!r} of shape {shape_str(shape)} is selected as "
-                     f"{kind!r}, but a conv kernel has rank >= 3 (O, I and spatial axes).")
+    raise ValueError(
+      f"{where}: leaf {path!r} of shape {shape_str(shape)} is selected as "
+      f"{kind!r}, but a conv kernel has rank >= 3 (O, I and spatial axes)."
+    )
   return kernel_plan(len(shape), src, dst, kind=kind, where=where)
 
 
 def select_leaves(
-    params: Any, src: str | Convention, dst: str | Convention, select: Any = "auto", *,
-    where: str = "convert_params",
+  params: Any,
+  src: str | Convention,
+  dst: str | Convention,
+  select: Any = "auto",
+  *,
+  where: str = "convert_params",
 ) -> tuple[list[tuple[Any, Any]], Any, list[Selected], list[Unclassified]]:
   """Flattens ``params`` and decides, leaf by leaf, what is converted and how.
 
@@ -341,8 +373,18 @@ def select_leaves(
     if (kind, len(shape)) not in plans:  # one plan per kind and rank
       plans[kind, len(shape)] = _plan_leaf(kind, path, shape, s, d, where)
     plan = plans[kind, len(shape)]
-    change = Change(path, kind, shape, plan.new_shape(shape), plan.flip, plan.permutation,
-                    plan.flip_axes, plan.src_layout, plan.dst_layout, str(np.dtype(leaf.dtype)))
+    change = Change(
+      path,
+      kind,
+      shape,
+      plan.new_shape(shape),
+      plan.flip,
+      plan.permutation,
+      plan.flip_axes,
+      plan.src_layout,
+      plan.dst_layout,
+      str(np.dtype(leaf.dtype)),
+    )
     selected.append(Selected(i, keypath, change, plan))
   if isinstance(chooser, _GlobSelector):
     chooser.check_used()
@@ -356,10 +398,12 @@ def _warn_unclassified(unclassified: list[Unclassified], where: str) -> None:
   more = f"; and {len(unclassified) - 8} more" if len(unclassified) > 8 else ""
   first = unclassified[0].path
   warnings.warn(
-      f"{where}: select='auto' left {len(unclassified)} kernel-shaped leaf/leaves unchanged: "
-      f"{listed}{more}. Say what they are with a mapping, e.g. select={{{first!r}: 'conv', "
-      f"'*': 'auto'}} (or None to keep it as is and silence this).",
-      UnselectedKernelWarning, stacklevel=3)
+    f"{where}: select='auto' left {len(unclassified)} kernel-shaped leaf/leaves unchanged: "
+    f"{listed}{more}. Say what they are with a mapping, e.g. select={{{first!r}: 'conv', "
+    f"'*': 'auto'}} (or None to keep it as is and silence this).",
+    UnselectedKernelWarning,
+    stacklevel=3,
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -409,8 +453,10 @@ def out_sharding(sharding: Any, plan: KernelPlan, ndim: int) -> Any:
   if isinstance(sharding, jax.sharding.NamedSharding):
     spec = tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
     return jax.sharding.NamedSharding(
-        sharding.mesh, jax.sharding.PartitionSpec(*(spec[a] for a in plan.permutation)),
-        memory_kind=sharding.memory_kind)
+      sharding.mesh,
+      jax.sharding.PartitionSpec(*(spec[a] for a in plan.permutation)),
+      memory_kind=sharding.memory_kind,
+    )
   if isinstance(sharding, jax.sharding.SingleDeviceSharding):
     return sharding
   return None  # let XLA propagate it
@@ -423,6 +469,7 @@ def device_fn(plan: KernelPlan, sharding: Any, ndim: int) -> Callable[[jax.Array
   shards when the spec moves with the axes); the flip reverses spatial axes,
   which only need communication if they are themselves sharded.
   """
+
   def fn(kernel):
     out = jnp.transpose(kernel, plan.permutation)
     return jax.lax.rev(out, plan.flip_axes) if plan.flip_axes else out
@@ -430,8 +477,9 @@ def device_fn(plan: KernelPlan, sharding: Any, ndim: int) -> Callable[[jax.Array
   return jax.jit(fn, out_shardings=out_sharding(sharding, plan, ndim))
 
 
-def _apply(leaf: Any, change: Change, plan: KernelPlan,
-           cache: dict[Any, Callable[[jax.Array], jax.Array]]) -> Any:
+def _apply(
+  leaf: Any, change: Change, plan: KernelPlan, cache: dict[Any, Callable[[jax.Array], jax.Array]]
+) -> Any:
   if not change.changed:
     return leaf
   if isinstance(leaf, jax.core.Tracer):
@@ -458,11 +506,11 @@ def _keep_dict_order(template: Any, out: Any) -> Any:
 
 
 def convert_params(
-    params: Any,
-    src: str | Convention,
-    dst: str | Convention,
-    *,
-    select: str | Mapping[str, str | None] | Selector = "auto",
+  params: Any,
+  src: str | Convention,
+  dst: str | Convention,
+  *,
+  select: str | Mapping[str, str | None] | Selector = "auto",
 ) -> Any:
   """Converts every kernel in a parameter tree from ``src``'s convention to ``dst``'s.
 
@@ -533,11 +581,11 @@ def convert_params(
 
 
 def plan_params(
-    params: Any,
-    src: str | Convention,
-    dst: str | Convention,
-    *,
-    select: str | Mapping[str, str | None] | Selector = "auto",
+  params: Any,
+  src: str | Convention,
+  dst: str | Convention,
+  *,
+  select: str | Mapping[str, str | None] | Selector = "auto",
 ) -> list[Change]:
   """What :func:`convert_params` would do, leaf by leaf, without converting anything.
 
@@ -562,4 +610,3 @@ def plan_params(
   _, _, selected, unclassified = select_leaves(params, src, dst, select, where=where)
   _warn_unclassified(unclassified, where)
   return Plan(sel.change for sel in selected)
-

@@ -17,23 +17,23 @@ from flipconv._validate import as_int_tuple, is_int
 
 
 def conv_transpose(
-    x: ArrayLike,
-    kernel: ArrayLike,
-    *,
-    flip: bool | None = None,
-    convention: Any = None,
-    strides: int | tuple[int, ...] = 1,
-    padding: Any = "VALID",
-    output_padding: int | tuple[int, ...] | None = None,
-    output_shape: int | tuple[int, ...] | None = None,
-    dilation: int | tuple[int, ...] = 1,
-    groups: int = 1,
-    layout: Any = None,
-    kernel_layout: str | None = None,
-    out_layout: str | None = None,
-    method: str = "direct",
-    precision: Any = None,
-    preferred_element_type: Any = None,
+  x: ArrayLike,
+  kernel: ArrayLike,
+  *,
+  flip: bool | None = None,
+  convention: Any = None,
+  strides: int | tuple[int, ...] = 1,
+  padding: Any = "VALID",
+  output_padding: int | tuple[int, ...] | None = None,
+  output_shape: int | tuple[int, ...] | None = None,
+  dilation: int | tuple[int, ...] = 1,
+  groups: int = 1,
+  layout: Any = None,
+  kernel_layout: str | None = None,
+  out_layout: str | None = None,
+  method: str = "direct",
+  precision: Any = None,
+  preferred_element_type: Any = None,
 ) -> jax.Array:
   r"""Transposed convolution: the adjoint of ``conv`` with the same arguments.
 
@@ -105,10 +105,13 @@ def conv_transpose(
   flip, defaults, conv = _spec.resolve_convention(flip, convention, transposed=True, where=where)
   rule = conv.transpose_output_size if conv is not None else "pytorch"
   if kernel.ndim < 3:
-    raise ValueError(f"{where}: kernel must have rank >= 3 (O, I and at least one spatial "
-                     f"axis), got shape {tuple(kernel.shape)}.")
-  layouts = parse_layouts(layout, kernel_layout, out_layout, default_n=kernel.ndim - 2,
-                          where=where, defaults=defaults)
+    raise ValueError(
+      f"{where}: kernel must have rank >= 3 (O, I and at least one spatial "
+      f"axis), got shape {tuple(kernel.shape)}."
+    )
+  layouts = parse_layouts(
+    layout, kernel_layout, out_layout, default_n=kernel.ndim - 2, where=where, defaults=defaults
+  )
   _spec.check_ranks(y.shape, kernel.shape, layouts, where)
   n = layouts.n
   ctx = _spec.context(y.shape, kernel.shape, layouts)
@@ -117,16 +120,20 @@ def conv_transpose(
   k_out = kernel.shape[o_ax]
   if c_y != k_out:
     raise ValueError(
-        f"{where}: x has {c_y} channels but the kernel has {k_out} output channels (O); "
-        "conv_transpose reads the forward conv's output, so they must agree; the kernel is in "
-        f"forward-conv letters ({ctx}).")
+      f"{where}: x has {c_y} channels but the kernel has {k_out} output channels (O); "
+      "conv_transpose reads the forward conv's output, so they must agree; the kernel is in "
+      f"forward-conv letters ({ctx})."
+    )
   if not is_int(groups) or groups < 1:
     raise (TypeError if not is_int(groups) else ValueError)(
-        f"{where}: groups must be a positive int, got {groups!r}.")
+      f"{where}: groups must be a positive int, got {groups!r}."
+    )
   groups = int(groups)
   if k_out % groups:
-    raise ValueError(f"{where}: x and the kernel have {k_out} channels (kernel O), which "
-                     f"groups={groups} does not divide ({ctx}).")
+    raise ValueError(
+      f"{where}: x and the kernel have {k_out} channels (kernel O), which "
+      f"groups={groups} does not divide ({ctx})."
+    )
   strides = as_int_tuple(strides, n, "strides", where)
   dilation = as_int_tuple(dilation, n, "dilation", where)
   spec = _padding.normalize_padding(padding, n, where)
@@ -135,36 +142,49 @@ def conv_transpose(
   if 0 in m:
     raise ValueError(f"{where}: x has an empty spatial axis ({ctx}).")
   k_eff = _padding.effective_sizes(
-      tuple(kernel.shape[a] for a in layouts.spatial_axes("rhs")), dilation)
-  sizes = output_sizes(spec, m, k_eff, strides, dilation, output_padding, output_shape, rule,
-                       where)
+    tuple(kernel.shape[a] for a in layouts.spatial_axes("rhs")), dilation
+  )
+  sizes = output_sizes(spec, m, k_eff, strides, dilation, output_padding, output_shape, rule, where)
   pads = _padding.explicit_pads(spec, sizes, k_eff, strides)
   # The adjoint's padding (lax's vjp rule): k - 1 - lo before, the rest after.
-  pads_t = tuple((k - 1 - lo, size + lo - (mm - 1) * s - 1)
-                 for k, (lo, _), size, mm, s in zip(k_eff, pads, sizes, m, strides, strict=True))
+  pads_t = tuple(
+    (k - 1 - lo, size + lo - (mm - 1) * s - 1)
+    for k, (lo, _), size, mm, s in zip(k_eff, pads, sizes, m, strides, strict=True)
+  )
 
   if groups > 1:
     kernel = _regroup(kernel, o_ax, i_ax, groups)
   swapped = layouts.rhs.translate(str.maketrans("OI", "IO"))
   call = _spec.ConvCall(
-      layouts=dataclasses.replace(layouts, rhs=swapped, order=layouts.spatial),
-      flip=not flip,  # the adjoint reverses the kernel: two reverses cancel for flip=True
-      strides=(1,) * n, pads=pads_t, dilation=dilation, input_dilation=strides, groups=groups)
+    layouts=dataclasses.replace(layouts, rhs=swapped, order=layouts.spatial),
+    flip=not flip,  # the adjoint reverses the kernel: two reverses cancel for flip=True
+    strides=(1,) * n,
+    pads=pads_t,
+    dilation=dilation,
+    input_dilation=strides,
+    groups=groups,
+  )
   y, kernel = _spec.promote(y, kernel)
-  return _spec.run(y, kernel, call, method=method, precision=precision,
-                   preferred_element_type=preferred_element_type)
+  return _spec.run(
+    y,
+    kernel,
+    call,
+    method=method,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
 
 
 def output_sizes(
-    spec: PaddingSpec,
-    m: Sequence[int],
-    k_eff: Sequence[int],
-    strides: Sequence[int],
-    dilation: Sequence[int],
-    output_padding: Any,
-    output_shape: Any,
-    rule: str,
-    where: str,
+  spec: PaddingSpec,
+  m: Sequence[int],
+  k_eff: Sequence[int],
+  strides: Sequence[int],
+  dilation: Sequence[int],
+  output_padding: Any,
+  output_shape: Any,
+  rule: str,
+  where: str,
 ) -> tuple[int, ...]:
   """Spatial output sizes of a transposed conv (see :func:`conv_transpose`)."""
   n = len(m)
@@ -177,8 +197,9 @@ def output_sizes(
       smallest, largest, default = (mm - 1) * s + 1, mm * s, mm * s
       base = smallest
     else:
-      (lo, hi), = _padding.explicit_pads(
-          spec if isinstance(spec, str) else (spec[dim],), (0,), (k,), (s,))
+      ((lo, hi),) = _padding.explicit_pads(
+        spec if isinstance(spec, str) else (spec[dim],), (0,), (k,), (s,)
+      )
       base = (mm - 1) * s + k - lo - hi  # PyTorch's size; may be < 1 for large padding
       largest = base + s - 1
       smallest = default = max(base, 1)
@@ -186,8 +207,9 @@ def output_sizes(
         default = mm * s + max(k - s, 0)
       if largest < 1 and output_padding is None:
         raise ValueError(
-            f"{where}: padding {(lo, hi)} in spatial dimension {dim} is too large: no input "
-            f"size maps to an output of size {mm} with effective kernel size {k} and stride {s}.")
+          f"{where}: padding {(lo, hi)} in spatial dimension {dim} is too large: no input "
+          f"size maps to an output of size {mm} with effective kernel size {k} and stride {s}."
+        )
     ranges.append((smallest, largest, default, base))
 
   if output_shape is not None:
@@ -195,8 +217,9 @@ def output_sizes(
     for dim, (size, (lo, hi, _, _)) in enumerate(zip(shape, ranges, strict=True)):
       if not lo <= size <= hi:
         raise ValueError(
-            f"{where}: output_shape {shape} is not possible: in spatial dimension {dim} the "
-            f"forward conv maps sizes {lo}..{hi} to the input's size {m[dim]}, not {size}.")
+          f"{where}: output_shape {shape} is not possible: in spatial dimension {dim} the "
+          f"forward conv maps sizes {lo}..{hi} to the input's size {m[dim]}, not {size}."
+        )
     return shape
   if output_padding is not None:
     extra = as_int_tuple(output_padding, n, "output_padding", where, minimum=0)
@@ -204,12 +227,15 @@ def output_sizes(
       limit = max(strides[dim], dilation[dim])
       if p >= limit:
         raise ValueError(
-            f"{where}: output_padding {p} in spatial dimension {dim} must be smaller than the "
-            f"stride ({strides[dim]}) or the dilation ({dilation[dim]}), as in PyTorch.")
+          f"{where}: output_padding {p} in spatial dimension {dim} must be smaller than the "
+          f"stride ({strides[dim]}) or the dilation ({dilation[dim]}), as in PyTorch."
+        )
     sizes = tuple(base + p for (_, _, _, base), p in zip(ranges, extra, strict=True))
     if min(sizes) < 1:  # PyTorch's size plus output_padding, as in PyTorch
-      raise ValueError(f"{where}: output_padding {extra} gives the empty output size {sizes}; "
-                       f"the padding {spec} is too large for it.")
+      raise ValueError(
+        f"{where}: output_padding {extra} gives the empty output size {sizes}; "
+        f"the padding {spec} is too large for it."
+      )
     return sizes
   return tuple(default for _, _, default, _ in ranges)
 
@@ -229,4 +255,3 @@ def _regroup(kernel: jnp.ndarray, o_ax: int, i_ax: int, groups: int) -> jnp.ndar
   k = jnp.moveaxis(k, o_ax, dest)
   merged = (*k.shape[:dest], k.shape[dest] * k.shape[dest + 1], *k.shape[dest + 2 :])
   return k.reshape(merged)
-
