@@ -40,6 +40,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import interleaved  # benchmarks/_timing.py, beside this script
 from jax import lax
 
 import flipconv as fc
@@ -55,26 +56,8 @@ except ImportError:  # pragma: no cover - the bench needs SciPy for its referenc
 def timed(
   fns: dict[str, Callable[[], object]], repeats: int, budget_s: float = 20.0
 ) -> dict[str, float]:
-  """Median seconds of each zero-argument function, runs interleaved.
-
-  Each function runs once first (compilation, warm-up); then ``repeats``
-  rounds run every function once, in an order that rotates between rounds,
-  so that load from other processes hits all of them alike. Fewer rounds run
-  where the first round alone would take more than ``budget_s``.
-  """
-  for fn in fns.values():
-    jax.block_until_ready(fn())
-  names = list(fns)
-  times: dict[str, list[float]] = {k: [] for k in names}
-  for r in range(repeats):
-    order = names[r % len(names) :] + names[: r % len(names)]
-    for name in order:
-      start = time.perf_counter()
-      jax.block_until_ready(fns[name]())
-      times[name].append(time.perf_counter() - start)
-    if r >= 2 and sum(statistics.median(v) for v in times.values()) * (r + 1) > budget_s:
-      break
-  return {k: statistics.median(v) for k, v in times.items()}
+  """Median seconds of each zero-argument function, runs interleaved (see ``_timing``)."""
+  return {k: statistics.median(v) for k, v in interleaved(fns, repeats, budget_s).items()}
 
 
 @dataclasses.dataclass(frozen=True)

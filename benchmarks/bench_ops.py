@@ -79,6 +79,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import interleaved  # benchmarks/_timing.py, beside this script
 from jax import lax
 
 import flipconv as fc
@@ -86,23 +87,7 @@ import flipconv as fc
 LAYOUTS = {"NHWC": ("NHWC", "HWIO"), "NCHW": ("NCHW", "OIHW")}
 
 
-def timed(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-  """Seconds of each zero-argument function per repeat, runs interleaved.
-
-  Each function runs once first (compilation, warm-up); then ``repeats``
-  rounds run every function once, in an order that rotates between rounds.
-  """
-  for fn in fns.values():
-    jax.block_until_ready(fn())
-  names = list(fns)
-  times: dict[str, list[float]] = {k: [] for k in names}
-  for r in range(repeats):
-    order = names[r % len(names) :] + names[: r % len(names)]
-    for name in order:
-      start = time.perf_counter()
-      jax.block_until_ready(fns[name]())
-      times[name].append(time.perf_counter() - start)
-  return times
+timed = interleaved
 
 
 def spread(ts: list[float]) -> float:
