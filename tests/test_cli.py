@@ -267,3 +267,39 @@ def test_demo_converts_a_checkpoint_and_checks_it():
   assert "Converting a checkpoint" in result.stdout
   assert "FAILED" not in result.stdout and "All checks held." in result.stdout
   assert "does not even fit" in result.stdout and "computes something else" in result.stdout
+
+
+def test_nest_writes_the_params_a_flax_module_takes(tmp_path):
+  nn = pytest.importorskip("flax.linen")
+  from flax import serialization
+
+  state = {"conv1.weight": rand((8, 3, 3, 3), 1), "conv1.bias": rand((8,), 2)}
+  np.savez(tmp_path / "torch.npz", **state)
+  dst = tmp_path / "flax.msgpack"
+  done = flipconv(
+    "convert", tmp_path / "torch.npz", dst, "--from", "pytorch", "--to", "flax", "--nest"
+  )
+  assert done.returncode == 0, done.stderr
+  params = serialization.msgpack_restore(dst.read_bytes())
+  assert set(params) == {"conv1"} and set(params["conv1"]) == {"kernel", "bias"}
+  assert params["conv1"]["kernel"].shape == (3, 3, 3, 8)
+  x = rand((2, 6, 6, 3), 3)  # NHWC
+  y = nn.Conv(8, (3, 3), padding=1).apply({"params": params["conv1"]}, x)
+  # The same layer in PyTorch's terms: correlation of NCHW x with the OIHW weight.
+  import flipconv as fc
+
+  want = fc.conv(x.transpose(0, 3, 1, 2), state["conv1.weight"], convention="pytorch", padding=1)
+  want = np.asarray(want) + state["conv1.bias"][:, None, None]
+  np.testing.assert_allclose(np.asarray(y), want.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+  # Only a msgpack holds nested params.
+  bad = flipconv(
+    "convert",
+    tmp_path / "torch.npz",
+    tmp_path / "x.npz",
+    "--from",
+    "pytorch",
+    "--to",
+    "flax",
+    "--nest",
+  )
+  assert bad.returncode == 2 and "msgpack" in bad.stderr and not (tmp_path / "x.npz").exists()

@@ -801,6 +801,16 @@ def plan_file(
   return by_name, plan, unclassified
 
 
+def _nested(names: Sequence[str]) -> Callable[[list[Any]], Any]:
+  """A msgpack ``rebuild`` that nests the names as Flax modules take them."""
+  from flipconv.nesting import nest_params
+
+  def rebuild(values: list[Any]) -> Any:
+    return nest_params(dict(zip((n.replace("/", ".") for n in names), values, strict=True)))
+
+  return rebuild
+
+
 def convert_file(
   src_path: str | os.PathLike[str],
   dst_path: str | os.PathLike[str],
@@ -812,6 +822,7 @@ def convert_file(
   force: bool = False,
   allow_pickle: bool = False,
   progress_stream: Any = None,
+  nest: bool = False,
 ) -> FilePlan:
   """Converts the kernels of a checkpoint file from convention ``src`` to ``dst``.
 
@@ -833,6 +844,10 @@ def convert_file(
     allow_pickle: read pickle-based files with ``torch.load(weights_only=True)``.
     progress_stream: where a progress bar may go (default ``sys.stderr``; only
       a terminal, only for large files).
+    nest: ``.msgpack`` output only: write the nested dicts a Flax module takes,
+      the names split at ``.`` and ``/`` and ``weight`` renamed ``kernel``
+      (:func:`flipconv.nest_params`), so that ``flax.serialization`` restores
+      ``{"conv1": {"kernel": ..., "bias": ...}}``.
 
   Returns:
     A :class:`FilePlan`.
@@ -860,6 +875,11 @@ def convert_file(
   src_path, dst_path = os.fspath(src_path), os.fspath(dst_path)
   src_c, dst_c = get_convention(src), get_convention(dst)
   dst_format = file_format(dst_path, role="output")
+  if nest and dst_format != "msgpack":
+    raise CheckpointError(
+      f"--nest (nest=True) writes nested Flax params, which only .msgpack holds; "
+      f"{dst_path!r} is {dst_format}."
+    )
   if os.path.exists(dst_path):
     if os.path.exists(src_path) and os.path.samefile(src_path, dst_path):
       raise CheckpointError(
@@ -920,7 +940,9 @@ def convert_file(
         arrays(),
         metadata=reader.metadata if dst_format == "safetensors" else None,
         compress=reader.compressed,
-        rebuild=reader.rebuild
+        rebuild=_nested([t.name for t in out_infos])
+        if nest
+        else reader.rebuild
         if isinstance(reader, MsgpackReader) and dst_format == "msgpack"
         else None,
         on_bytes=on_bytes,

@@ -98,6 +98,7 @@ def _convert(args: argparse.Namespace) -> int:
     dry_run=args.dry_run,
     force=args.force,
     allow_pickle=args.allow_pickle,
+    nest=args.nest,
   )
   plan = result.plan
   _notes("convert", [f"not converted: {u}" for u in result.unclassified] + result.notes)
@@ -156,6 +157,12 @@ def _add_convert(sub: Any) -> argparse.ArgumentParser:
   )
   p.add_argument("--dry-run", action="store_true", help="print the plan; write nothing")
   p.add_argument("--force", action="store_true", help="replace an existing DST")
+  p.add_argument(
+    "--nest",
+    action="store_true",
+    help=".msgpack output: nested Flax params ({'conv1': {'kernel': ..., 'bias': ...}}): "
+    "names split at '.' and '/', 'weight' renamed 'kernel'",
+  )
   _add_common(p)
   p.set_defaults(func=_convert)
   return p
