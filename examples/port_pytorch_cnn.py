@@ -9,7 +9,7 @@ You want to run it in JAX.
     (``flipconv convert model.safetensors model_flax.msgpack --from pytorch
     --to flax``) and load them into a model of plain ``flax.linen`` layers
     (NHWC). Two things need saying: the transposed conv is named ``up``, which
-    the automatic selection cannot recognise (``--select 'up.*=conv_transpose'``),
+    the automatic selection cannot recognise (``--select 'up.weight=conv_transpose'``),
     and the linear head reads a *flattened* feature map, which PyTorch flattens
     in (C, H, W) order and an NHWC model in (H, W, C) order: the head's kernel
     needs ``fc.convert_linear_kernel(..., feature_shape=(C, H, W))``. The
