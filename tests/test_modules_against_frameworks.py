@@ -23,7 +23,6 @@ from __future__ import annotations
 import ast
 import warnings
 import zlib
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -33,6 +32,7 @@ import pytest
 from flax import nnx
 
 import flipconv as fc
+from _theano_fixtures import FILES, MISSING, TOL, cases, ints, lasagne_padding, load, x64
 
 FAMILIES = ["linen", "nnx"]
 # Full float32 on every backend (no TF32/bf16 passes on GPU), as PyTorch's CPU kernels.
@@ -43,15 +43,6 @@ HIGHEST = jax.lax.Precision.HIGHEST
 def torch():
   """PyTorch, or a skip with the reason (only the PyTorch tests need it)."""
   return pytest.importorskip("torch")
-
-
-def x64():
-  """float64 for jax, as the Theano fixtures were made."""
-  if hasattr(jax, "enable_x64"):
-    return jax.enable_x64(True)
-  from jax.experimental import enable_x64  # jax before the top-level context manager
-
-  return enable_x64()
 
 
 def linen_apply(
@@ -306,37 +297,7 @@ def test_modules_take_unbatched_input_as_torch_does(torch, transposed, family):
 
 # --------------------------------------------------------------------------------- Lasagne
 
-FIXTURE_DIR = Path(__file__).parent / "fixtures" / "theano"
-LASAGNE_FILES = sorted(FIXTURE_DIR.glob("lasagne_*.npz"))
-MISSING = (
-  f"no Lasagne fixtures in {FIXTURE_DIR}: they are committed; regenerate them with "
-  "`python tests/fixtures/make_theano_fixtures.py`"
-)
-TOL64 = 1e-10
-
-
-def load(path: Path) -> dict:
-  with np.load(path, allow_pickle=False) as data:
-    return {k: data[k] for k in data.files}
-
-
-def lasagne_cases(*layers: str) -> list:
-  """One param per fixture of the given Lasagne layer classes (a failing one if none)."""
-  found = []
-  for path in LASAGNE_FILES:
-    with np.load(path, allow_pickle=False) as data:
-      if str(data["lasagne_layer"]) in layers:
-        found.append(pytest.param(path, id=path.stem))
-  return found or [pytest.param(None, id="missing-fixtures")]
-
-
-def lasagne_padding(pad_repr: str):
-  """flipconv's ``padding`` for Lasagne's ``pad``/``crop`` (stored as its Python literal)."""
-  pad = ast.literal_eval(pad_repr)
-  if isinstance(pad, str):
-    # Lasagne's 'same' is filter_size // 2 on both sides: Theano's 'half'.
-    return {"valid": "VALID", "full": "FULL", "same": "HALF"}[pad]
-  return pad
+LASAGNE_FILES = [p for p in FILES if p.stem.startswith("lasagne_")]
 
 
 def lasagne_crop_sizes(crop_repr: str, filter_size: tuple[int, ...]) -> tuple[int, ...]:
@@ -345,10 +306,6 @@ def lasagne_crop_sizes(crop_repr: str, filter_size: tuple[int, ...]) -> tuple[in
   if isinstance(crop, str):
     return tuple({"valid": 0, "full": f - 1, "same": f // 2}[crop] for f in filter_size)
   return tuple(crop) if isinstance(crop, tuple) else (crop,) * len(filter_size)
-
-
-def ints(a) -> tuple[int, ...]:
-  return tuple(int(v) for v in np.atleast_1d(a))
 
 
 def test_lasagne_fixtures_are_committed_and_cover_the_layers():
@@ -381,7 +338,7 @@ def lasagne_conv_module(case: dict, family: str):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("path", lasagne_cases("Conv2DLayer", "Conv2DMMLayer"))
+@pytest.mark.parametrize("path", cases("Conv2DLayer", "Conv2DMMLayer"))
 def test_conv_module_holds_lasagne_W_unchanged(path, family):
   assert path is not None, MISSING
   case = load(path)
@@ -390,11 +347,11 @@ def test_conv_module_holds_lasagne_W_unchanged(path, family):
     module = lasagne_conv_module(case, family)
     run = linen_apply if family == "linen" else nnx_apply
     out = run(module, case["x"], case["kernel"], case.get("b"))
-  assert_close(out, case["y"], TOL64)
+  assert_close(out, case["y"], TOL)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("path", lasagne_cases("TransposedConv2DLayer"))
+@pytest.mark.parametrize("path", cases("TransposedConv2DLayer"))
 def test_conv_transpose_module_holds_lasagne_W_unchanged(path, family):
   assert path is not None, MISSING
   case = load(path)
@@ -428,7 +385,7 @@ def test_conv_transpose_module_holds_lasagne_W_unchanged(path, family):
         x.shape[1], features, size, param_dtype=jnp.float64, **nnx_init(), **kw
       )
       out = nnx_apply(module, x, w, case.get("b"))
-  assert_close(out, case["y"], TOL64)
+  assert_close(out, case["y"], TOL)
 
 
 # ------------------------------------------------------------------------ negative control
@@ -436,7 +393,7 @@ def test_conv_transpose_module_holds_lasagne_W_unchanged(path, family):
 # Every forward fixture of a true convolution (flip_filters=True, either layer class).
 FLIPPING = [
   p
-  for p in lasagne_cases("Conv2DLayer", "Conv2DMMLayer")
+  for p in cases("Conv2DLayer", "Conv2DMMLayer")
   if p.values[0] is not None and bool(load(p.values[0])["lasagne_flip_filters"])
 ]
 
@@ -468,5 +425,5 @@ def test_lasagne_W_only_transposed_into_flax_conv_is_wrong(path):
   assert wrong.shape == y.shape
   assert np.max(np.abs(wrong - y)) > 0.1 * np.max(np.abs(y))
   with pytest.raises(AssertionError):
-    assert_close(wrong, y, TOL64)
-  assert_close(flax_out(w[:, :, ::-1, ::-1]), y, TOL64)
+    assert_close(wrong, y, TOL)
+  assert_close(flax_out(w[:, :, ::-1, ::-1]), y, TOL)
