@@ -60,13 +60,14 @@ def _names(entry: Any) -> set[str]:
 class _Axes:
   """Which axes of x, kernel and output may stay sharded, from the operands' shardings."""
 
-  def __init__(self, kwargs: dict[str, Any], lhs_sharding: Any, rhs_sharding: Any, lhs_ndim: int):
+  def __init__(self, kwargs: dict[str, Any], arg_shapes: Any):
+    """From the conv's arguments and ``custom_partitioning``'s ``arg_shapes`` (x, kernel, ...)."""
     dn = kwargs["dimension_numbers"]
     self.lhs_n, self.rhs_o = dn.lhs_spec[0], dn.rhs_spec[0]
     self.out_n, self.out_c = dn.out_spec[0], dn.out_spec[1]
-    self.ndim = lhs_ndim
-    self.batch = _spec(lhs_sharding, lhs_ndim)[self.lhs_n]
-    channels = _spec(rhs_sharding, lhs_ndim)[self.rhs_o]
+    self.ndim = ndim = len(arg_shapes[0].shape)
+    self.batch = _spec(arg_shapes[0].sharding, ndim)[self.lhs_n]
+    channels = _spec(arg_shapes[1].sharding, ndim)[self.rhs_o]
     # Grouped convs need the input channels of their groups: keep channels whole
     # there, as XLA does for a direct grouped conv.
     if kwargs["feature_group_count"] != 1 or _names(channels) & _names(self.batch):
@@ -116,11 +117,11 @@ def _sharded(frozen: tuple[tuple[str, Any], ...]) -> Callable[[jax.Array, jax.Ar
     return plain(lhs, rhs)
 
   def fwd_infer(mesh, arg_shapes, result_shape):
-    axes = _Axes(kwargs, arg_shapes[0].sharding, arg_shapes[1].sharding, len(arg_shapes[0].shape))
+    axes = _Axes(kwargs, arg_shapes)
     return axes.sharding(mesh, "out")
 
   def fwd_partition(mesh, arg_shapes, result_shape):
-    axes = _Axes(kwargs, arg_shapes[0].sharding, arg_shapes[1].sharding, len(arg_shapes[0].shape))
+    axes = _Axes(kwargs, arg_shapes)
     args = (axes.sharding(mesh, "lhs"), axes.sharding(mesh, "rhs"))
     return mesh, plain, axes.sharding(mesh, "out"), args
 
@@ -139,11 +140,11 @@ def _sharded(frozen: tuple[tuple[str, Any], ...]) -> Callable[[jax.Array, jax.Ar
     return backward_plain(lhs, rhs, g)
 
   def bwd_infer(mesh, arg_shapes, result_shape):
-    axes = _Axes(kwargs, arg_shapes[0].sharding, arg_shapes[1].sharding, len(arg_shapes[0].shape))
+    axes = _Axes(kwargs, arg_shapes)
     return axes.sharding(mesh, "lhs"), axes.sharding(mesh, "rhs")
 
   def bwd_partition(mesh, arg_shapes, result_shape):
-    axes = _Axes(kwargs, arg_shapes[0].sharding, arg_shapes[1].sharding, len(arg_shapes[0].shape))
+    axes = _Axes(kwargs, arg_shapes)
     batch, channels = tuple(sorted(_names(axes.batch))), tuple(sorted(_names(axes.channels)))
 
     def lower(lhs, rhs, g):

@@ -68,12 +68,12 @@ def _call(
       _relayout_boxed,
     )
 
-  expected = layer.kernel_shape(in_features, module.features, groups)
   if module.has_variable("params", "kernel"):
-    # Before module.param, whose own shape check raises Flax's error without the fix.
-    _modules.check_kernel(layer, meta.unbox(module.get_variable("params", "kernel")), expected)
+    # Given params: checked before module.param, whose own check raises Flax's
+    # error without the fix (a kernel made by init has the right shape).
+    given = meta.unbox(module.get_variable("params", "kernel"))
+    _modules.check_kernel(layer, given, layer.kernel_shape(in_features, module.features, groups))
   kernel = module.param("kernel", init)
-  _modules.check_kernel(layer, kernel, expected)
   bias = None
   if module.use_bias:
     bias = module.param("bias", module.bias_init, (module.features,), module.param_dtype)
