@@ -6,11 +6,12 @@ PyTorch, TensorFlow, Flax), and on how axes are laid out. flipconv makes both
 explicit and moves weights safely between conventions.
 """
 
+from flipconv._porting import FlattenWarning, PlanRow, UnmatchedWarning
 from flipconv.convert import convert_depthwise_kernel, convert_kernel, convert_linear_kernel
 from flipconv.detect import Match, detect_convention
 from flipconv.nesting import nest_params
 from flipconv.ops import conv, convolve, correlate, flip_kernel
-from flipconv.params import Change, convert_params, plan_params
+from flipconv.params import Change, Plan, UnselectedKernelWarning, convert_params, plan_params
 from flipconv.registry import Convention, conventions, get_convention
 from flipconv.transpose import conv_transpose
 
@@ -35,7 +36,12 @@ def __dir__() -> list[str]:
 __all__ = [
   "Change",
   "Convention",
+  "FlattenWarning",
   "Match",
+  "Plan",
+  "PlanRow",
+  "UnmatchedWarning",
+  "UnselectedKernelWarning",
   "conv",
   "conv_transpose",
   "conventions",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -365,12 +365,67 @@ def convert_depthwise_kernel(
 # Dense kernels
 
 
+def _feature_orders(
+  s: Convention, d: Convention, feature_shape: Any, feature_order: Any, where: str
+) -> tuple[str, str, dict[str, int]]:
+  """The flatten orders before and after, and each feature letter's size."""
+  named = isinstance(feature_shape, Mapping)
+  if feature_order is None:
+    # Each convention flattens one example's feature map in its data layout.
+    n = len(feature_shape) - 1
+    if n < 0:
+      raise ValueError(f"{where}: feature_shape must have the channel axis, got ().")
+    s_data = generalize(s.layout, n).replace("N", "") if n else "C"
+    d_data = generalize(d.layout, n).replace("N", "") if n else "C"
+    s_sp, d_sp = spatial_letters(s_data, "data"), spatial_letters(d_data, "data")
+    if sorted(s_sp) != sorted(d_sp):  # different spatial letters: match them by order
+      s_data = s_data.translate(str.maketrans(s_sp, d_sp))
+  else:
+    if (
+      not isinstance(feature_order, Sequence)
+      or isinstance(feature_order, str)
+      or len(feature_order) != 2
+      or not all(isinstance(o, str) and o.isalpha() and o.isupper() for o in feature_order)
+    ):
+      raise TypeError(
+        f"{where}: feature_order must be a pair of strings of feature letters, the "
+        f"flatten order before and after, e.g. ('CHW', 'HWC'); got {feature_order!r}."
+      )
+    s_data, d_data = feature_order
+    if len(set(s_data)) != len(s_data) or sorted(s_data) != sorted(d_data):
+      raise ValueError(
+        f"{where}: feature_order {feature_order!r} must name the same letters, each "
+        "once, in both orders."
+      )
+  if "O" in s_data or "I" in s_data:
+    raise ValueError(
+      f"{where}: the feature letters {s_data!r} may not use O or I (the dense kernel's "
+      "own axes); name the channels C."
+    )
+  if named:
+    if sorted(feature_shape) != sorted(s_data):
+      raise ValueError(
+        f"{where}: feature_shape names the letters {''.join(feature_shape)!r} but the "
+        f"flatten order is {s_data!r}; name each letter once."
+      )
+    sizes = dict(feature_shape)
+  else:
+    if len(feature_shape) != len(s_data):
+      raise ValueError(
+        f"{where}: feature_shape {shape_str(feature_shape)} has {len(feature_shape)} "
+        f"axes but the flatten order {s_data!r} has {len(s_data)} letters."
+      )
+    sizes = dict(zip(s_data, feature_shape, strict=True))
+  return s_data, d_data, sizes
+
+
 def linear_plan(
   shape: Sequence[int],
   src: str | Convention,
   dst: str | Convention,
   *,
-  feature_shape: Sequence[int] | None = None,
+  feature_shape: Sequence[int] | Mapping[str, int] | None = None,
+  feature_order: tuple[str, str] | None = None,
   where: str = "convert_linear_kernel",
 ) -> KernelPlan:
   """The reshape and permutation that take a dense kernel from ``src`` to ``dst``.
@@ -383,35 +438,33 @@ def linear_plan(
   s, d = get_convention(src), get_convention(dst)
   plan = kernel_plan(2, s, d, kind="linear", where=where)
   if feature_shape is None:
+    if feature_order is not None:
+      raise ValueError(
+        f"{where}: feature_order={feature_order!r} needs feature_shape, the size of "
+        "each feature letter (e.g. {'C': 64, 'H': 4, 'W': 4})."
+      )
     return plan
+  values = feature_shape.values() if isinstance(feature_shape, Mapping) else feature_shape
   if (
-    not isinstance(feature_shape, Sequence)
+    not isinstance(feature_shape, (Sequence, Mapping))
     or isinstance(feature_shape, str)
-    or not all(is_int(f) and f >= 1 for f in feature_shape)
+    or not all(is_int(f) and f >= 1 for f in values)
   ):
     raise TypeError(
       f"{where}: feature_shape must be a sequence of positive ints (one example's "
-      f"feature map before the flatten, in {s.name!r}'s layout), got "
-      f"{feature_shape!r}."
+      f"feature map before the flatten, in {s.name!r}'s layout) or a mapping of "
+      f"feature letters to positive ints; got {feature_shape!r}."
     )
-  feature_shape = tuple(int(f) for f in feature_shape)
-  n = len(feature_shape) - 1
-  if n < 0:
-    raise ValueError(f"{where}: feature_shape must have the channel axis, got ().")
-  # One example's feature map: the data layout without the batch axis.
-  s_data = generalize(s.layout, n).replace("N", "") if n else "C"
-  d_data = generalize(d.layout, n).replace("N", "") if n else "C"
-  s_sp, d_sp = spatial_letters(s_data, "data"), spatial_letters(d_data, "data")
-  if sorted(s_sp) != sorted(d_sp):  # different spatial letters: match them by order
-    s_data = s_data.translate(str.maketrans(s_sp, d_sp))
+  s_data, d_data, sizes = _feature_orders(s, d, feature_shape, feature_order, where)
+  sizes = {c: int(n) for c, n in sizes.items()}
   i_size = shape[s.linear_layout.index("I")]
-  if math.prod(feature_shape) != i_size:
+  n_features = math.prod(sizes.values())
+  if n_features != i_size:
     raise ValueError(
-      f"{where}: feature_shape {shape_str(feature_shape)} has {math.prod(feature_shape)} "
-      f"elements but the dense kernel of shape {shape_str(shape)} ({s.name!r} layout "
+      f"{where}: feature_shape {feature_shape!r} has {n_features} elements but the "
+      f"dense kernel of shape {shape_str(shape)} ({s.name!r} layout "
       f"{s.linear_layout!r}) has I = {i_size} inputs."
     )
-  sizes = dict(zip(s_data, feature_shape, strict=True))
   sizes["O"] = shape[s.linear_layout.index("O")]
   s_exp = s.linear_layout.replace("I", s_data)
   d_exp = d.linear_layout.replace("I", d_data)
@@ -431,7 +484,8 @@ def convert_linear_kernel(
   src: str | Convention,
   dst: str | Convention,
   *,
-  feature_shape: Sequence[int] | None = None,
+  feature_shape: Sequence[int] | Mapping[str, int] | None = None,
+  feature_order: tuple[str, str] | None = None,
 ) -> Any:
   """Converts a dense kernel: ``OI`` <-> ``IO``, and the rows of a flattened feature map.
 
@@ -439,25 +493,37 @@ def convert_linear_kernel(
   with ``transB=1``, TFLite, Caffe, Equinox) or ``(in, out)`` (``"IO"``: Flax,
   Keras, Haiku, Lasagne). A dense layer right after a flatten has a second
   trap: ``torch.flatten`` of an NCHW feature map orders its inputs
-  ``(c, h, w)``, a flatten of NHWC ``(h, w, c)``. With ``feature_shape`` (one
-  example's feature map before the flatten, in ``src``'s layout: ``(C, H, W)``
-  for PyTorch, ``(H, W, C)`` for Flax) the kernel's inputs are permuted from
-  ``src``'s flatten order to ``dst``'s as well, so that::
+  ``(c, h, w)``, a flatten of NHWC ``(h, w, c)``, and a model that permutes
+  before flattening has yet another order. With ``feature_shape`` the
+  kernel's inputs are permuted from the source's flatten order to the
+  destination's as well, so that::
 
     dense(flatten(x), kernel)  ==  dense(flatten(x'), convert_linear_kernel(kernel, ...))
 
-  with ``x'`` the same features in ``dst``'s layout. The round trip is bit-exact.
+  with ``x'`` the same features in the destination's order. The round trip is bit-exact.
+
+  The flatten orders are those of the conventions' data layouts (``"CHW"`` for
+  PyTorch, ``"HWC"`` for Flax) unless ``feature_order=(src_order, dst_order)``
+  names them: any two orders of the same letters, e.g. ``("WHC", "HWC")`` for
+  a PyTorch model that flattens after ``x.permute(0, 3, 2, 1)``.
 
   Args:
     kernel: a rank-2 dense kernel in ``src``'s ``linear_layout``.
     src: the convention it comes from (name or Convention).
     dst: the convention it goes to.
     feature_shape: the feature map's shape before the flatten (without the
-      batch axis), in ``src``'s data layout; ``None``: the inputs are not a
-      flattened feature map (only ``OI`` <-> ``IO``).
+      batch axis): a tuple in the source's flatten order (``(C, H, W)`` for
+      PyTorch), or a mapping of letters to sizes (``{"C": 64, "H": 4, "W": 4}``);
+      ``None``: the inputs are not a flattened feature map (only ``OI`` <-> ``IO``).
+    feature_order: ``(src_order, dst_order)``, the letters in the order each
+      side flattens them; ``None``: the conventions' data layouts.
 
   Returns:
     The converted kernel: NumPy for NumPy input, ``jax.Array`` for ``jax.Array``.
+
+  Raises:
+    ValueError: the feature sizes do not multiply to the kernel's inputs, or the
+      two orders do not name the same letters.
 
   Examples:
     >>> import numpy as np, flipconv as fc
@@ -466,6 +532,11 @@ def convert_linear_kernel(
     (12, 2)
     >>> fc.convert_linear_kernel(w, "pytorch", "flax", feature_shape=(3, 2, 2))[:4, 0]
     array([0, 4, 8, 1])
+    >>> fc.convert_linear_kernel(w, "pytorch", "flax", feature_shape={"C": 3, "H": 2, "W": 2},
+    ...                          feature_order=("WHC", "HWC"))[:4, 0]
+    array([0, 1, 2, 6])
   """
-  plan = linear_plan(np.shape(kernel), src, dst, feature_shape=feature_shape)
+  plan = linear_plan(
+    np.shape(kernel), src, dst, feature_shape=feature_shape, feature_order=feature_order
+  )
   return apply_plan(kernel, plan)

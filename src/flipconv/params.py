@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flipconv import _trees
+from flipconv._porting import PlanRow, format_rows, port
 from flipconv._validate import shape_str
 from flipconv.convert import KernelPlan, apply_plan, kernel_plan
 from flipconv.registry import Convention, get_convention
@@ -105,9 +107,15 @@ class Change:
 
 
 class Plan(list):
-  """The list of :class:`Change` that :func:`plan_params` returns; ``str()`` is a table."""
+  """What :func:`plan_params` returns; ``str()`` is a table.
+
+  Without ``like``, one :class:`Change` per selected leaf; with ``like``, one
+  :class:`PlanRow` per target leaf, grouped by layer in the target's order.
+  """
 
   def __str__(self) -> str:
+    if self and isinstance(self[0], PlanRow):
+      return format_rows(self)
     return format_plan(self)
 
 
@@ -278,11 +286,11 @@ class _GlobSelector:
 
   def __call__(self, path: str, leaf: Any) -> str | None:
     self.paths.append(path)
-    for pattern, regex, kind in self.rules:
-      if regex.fullmatch(path):
-        self.used.add(pattern)
-        return kind
-    return None
+    # Every matching pattern counts as used, also one an earlier pattern shadows:
+    # "matches nothing" must mean exactly that.
+    hits = [(pattern, kind) for pattern, regex, kind in self.rules if regex.fullmatch(path)]
+    self.used.update(pattern for pattern, _ in hits)
+    return hits[0][1] if hits else None
 
   def check_used(self) -> None:
     unused = [p for p, _, _ in self.rules if p not in self.used]
@@ -505,12 +513,23 @@ def _keep_dict_order(template: Any, out: Any) -> Any:
 # Public
 
 
+def _prepared(params: Any, where: str) -> Any:
+  """The tree, checked to be finite, with torch (and other foreign) tensors as NumPy."""
+  _trees.check_tree(params, "params", where)
+  return _keep_dict_order(params, _trees.host_leaves(params, where))
+
+
 def convert_params(
   params: Any,
   src: str | Convention,
   dst: str | Convention,
   *,
+  like: Any = None,
   select: str | Mapping[str, str | None] | Selector = "auto",
+  flatten: Mapping[str, Any] | None = None,
+  strict: bool = True,
+  epsilon: float | None = None,
+  order: Sequence[str] | None = None,
 ) -> Any:
   """Converts every kernel in a parameter tree from ``src``'s convention to ``dst``'s.
 
@@ -520,10 +539,18 @@ def convert_params(
   (``OI`` <-> ``IO``). Every other leaf is returned as it is (the same object),
   and so is a selected kernel that both conventions store alike.
 
+  With ``like=variables`` the whole checkpoint is ported onto a Flax model:
+  the result is ``like``'s tree, every leaf taken from ``params`` (see ``like``
+  below and ``plan_params(..., like=...)`` to check the mapping first).
+
   Args:
     params: a pytree: dict, ``FrozenDict``, ``nnx.State``, list, tuple,
       namedtuple, any registered pytree (an Equinox module), or a flat dict
-      with dotted keys (a PyTorch ``state_dict`` as NumPy arrays).
+      with dotted keys (a PyTorch ``state_dict``). Leaves may be NumPy,
+      ``jax.Array`` or ``torch.Tensor`` (read without a copy where torch
+      allows; they come back as NumPy). With ``like``, also a list of arrays
+      in layer order (Lasagne's ``get_all_param_values``, Keras'
+      ``get_weights``, an ``.npz`` of ``arr_0..arr_N``).
     src: the convention the parameters were trained in (name or Convention).
     dst: the convention they will be used with.
     select: which leaves are kernels, and of what kind:
@@ -546,21 +573,50 @@ def convert_params(
         pattern that matches wins, unmatched leaves are left alone, and a
         pattern that matches nothing is an error. ``{"head/*": None, "*":
         "auto"}`` excludes a subtree and lets ``"auto"`` decide the rest.
+      * with ``like``: a mapping from globs on the target's leaf paths
+        (``"up/kernel"``) to those kinds, for a kernel that the shapes and
+        names leave ambiguous (a transposed conv with as many inputs as
+        outputs under a plain name).
+    like: the target Flax model's variables: ``model.init(...)`` (call order
+      kept), ``jax.eval_shape`` of it (``ShapeDtypeStruct`` leaves), or
+      ``nnx.state(model)``. With ``like``, the source's layers are matched onto
+      its layers (by name where the names agree, else by order among layers
+      of the same kind), parameters are renamed by layer kind (PyTorch
+      ``running_var`` -> ``batch_stats`` ``var``, Keras ``gamma`` -> ``scale``,
+      Lasagne ``inv_std`` -> ``var``, ...), every shape is checked, and the
+      result has exactly ``like``'s structure.
+    flatten: with ``like``, ``{glob on a dense layer's path: (src_order,
+      dst_order, sizes)}`` for a dense layer after a flatten, e.g.
+      ``{"Dense_0": ("CHW", "HWC", {"C": 64, "H": 4, "W": 4})}``.
+    strict: with ``like``: a target leaf with no source, or a source tensor
+      that no target takes, is a ``ValueError`` naming each; ``False`` keeps
+      ``like``'s value for the former and warns (``UnmatchedWarning``).
+    epsilon: with ``like``: the epsilon of a Lasagne BatchNorm, whose
+      ``var = 1/inv_std**2 - epsilon`` (default: Lasagne's 1e-4).
+    order: with ``like``: the target's layer paths (``"/"``-joined, no
+      collection) in call order, where ``like`` lost it (sorted keys).
 
   Returns:
     A tree of the same structure and container types. Dtypes are kept; NumPy
     leaves come back as NumPy, ``jax.Array`` leaves as ``jax.Array``: a sharded
     one is permuted shard by shard (under ``jit``, its ``PartitionSpec``
-    permuted like its axes), never gathered onto one device.
+    permuted like its axes), never gathered onto one device. With ``like``:
+    ``like``'s tree, a leaf a ``jax.Array`` where ``like``'s is one or carries a
+    sharding (placed with that sharding, so each device receives only its
+    shards), else NumPy.
 
   Raises:
     ValueError: a glob that matches nothing, an unknown kind, a selected leaf
-      of the wrong rank, an unknown convention.
+      of the wrong rank, an unknown convention, a tree that contains itself;
+      with ``like``: a converted shape that differs from ``like``'s, and
+      (``strict``) unmatched leaves on either side.
 
   Note:
     The first dense layer after a flatten also depends on the order in which
-    NCHW and NHWC activations are flattened; no conversion of the weights
-    alone can know that. Convert it by hand (or flatten in one order).
+    activations are flattened; no conversion of the weights alone can know
+    that. With ``like``, give it with ``flatten=`` (a ``FlattenWarning`` names
+    a dense layer after a conv that has none); without, convert that kernel
+    with :func:`flipconv.convert_linear_kernel`.
 
   Examples:
     >>> import numpy as np, flipconv as fc
@@ -569,8 +625,44 @@ def convert_params(
     >>> out = fc.convert_params(sd, "pytorch", "flax")
     >>> out["conv.weight"].shape, out["fc.weight"].shape, out["conv.bias"] is sd["conv.bias"]
     ((5, 5, 3, 8), (8, 10), True)
+
+    Onto a Flax model, BatchNorm statistics included:
+
+    >>> import jax, jax.numpy as jnp, flax.linen as nn
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     x = nn.BatchNorm(use_running_average=True)(nn.Conv(8, (5, 5))(x))
+    ...     return nn.Dense(10)(x.mean((1, 2)))
+    >>> like = jax.eval_shape(Net().init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    >>> sd |= {"bn.weight": np.ones(8), "bn.bias": np.zeros(8), "bn.running_mean": np.zeros(8),
+    ...        "bn.running_var": np.ones(8), "bn.num_batches_tracked": np.array(0),
+    ...        "fc.bias": np.zeros(10)}
+    >>> variables = fc.convert_params(sd, "pytorch", "flax", like=like)
+    >>> variables["params"]["Conv_0"]["kernel"].shape
+    (5, 5, 3, 8)
+    >>> sorted(variables["batch_stats"]["BatchNorm_0"])
+    ['mean', 'var']
   """
   where = "convert_params"
+  params = _prepared(params, where)
+  if like is not None:
+    _trees.check_tree(like, "like", where)
+    _, out = port(
+      params,
+      get_convention(src),
+      get_convention(dst),
+      like,
+      select=select,
+      flatten=flatten,
+      strict=strict,
+      epsilon=epsilon,
+      order=order,
+      convert=True,
+      where=where,
+    )
+    return _keep_dict_order(like, out)
+  _no_port_args(flatten, strict, epsilon, order, where)
   flat, treedef, selected, unclassified = select_leaves(params, src, dst, select, where=where)
   _warn_unclassified(unclassified, where)
   leaves = [leaf for _, leaf in flat]
@@ -580,24 +672,61 @@ def convert_params(
   return _keep_dict_order(params, jax.tree_util.tree_unflatten(treedef, leaves))
 
 
+def _no_port_args(flatten: Any, strict: Any, epsilon: Any, order: Any, where: str) -> None:
+  named = (("flatten", flatten), ("epsilon", epsilon), ("order", order))
+  given = [n for n, v in named if v is not None]
+  given += ["strict"] if strict is not True else []
+  if given:
+    raise ValueError(
+      f"{where}: {', '.join(given)} only apply with like= (porting onto a target "
+      "model's variables); without like, convert one dense kernel after a flatten with "
+      "convert_linear_kernel(..., feature_shape=..., feature_order=...)."
+    )
+
+
 def plan_params(
   params: Any,
   src: str | Convention,
   dst: str | Convention,
   *,
+  like: Any = None,
   select: str | Mapping[str, str | None] | Selector = "auto",
-) -> list[Change]:
+  flatten: Mapping[str, Any] | None = None,
+  strict: bool = True,
+  epsilon: float | None = None,
+  order: Sequence[str] | None = None,
+) -> Plan:
   """What :func:`convert_params` would do, leaf by leaf, without converting anything.
 
   Args:
     params: as in :func:`convert_params`; leaves may be anything with
       ``shape`` and ``dtype`` (``jax.ShapeDtypeStruct`` too).
     src, dst, select: as in :func:`convert_params`.
+    like: the target Flax model's variables: ``model.init(...)`` (call order
+      kept), ``jax.eval_shape`` of it (``ShapeDtypeStruct`` leaves), or
+      ``nnx.state(model)``. With ``like``, the source's layers are matched onto
+      its layers (by name where the names agree, else by order among layers
+      of the same kind), parameters are renamed by layer kind (PyTorch
+      ``running_var`` -> ``batch_stats`` ``var``, Keras ``gamma`` -> ``scale``,
+      Lasagne ``inv_std`` -> ``var``, ...), every shape is checked, and the
+      result has exactly ``like``'s structure.
+    flatten: with ``like``, ``{glob on a dense layer's path: (src_order,
+      dst_order, sizes)}`` for a dense layer after a flatten, e.g.
+      ``{"Dense_0": ("CHW", "HWC", {"C": 64, "H": 4, "W": 4})}``.
+    strict: with ``like``: a target leaf with no source, or a source tensor
+      that no target takes, is a ``ValueError`` naming each; ``False`` keeps
+      ``like``'s value for the former and warns (``UnmatchedWarning``).
+    epsilon: with ``like``: the epsilon of a Lasagne BatchNorm, whose
+      ``var = 1/inv_std**2 - epsilon`` (default: Lasagne's 1e-4).
+    order: with ``like``: the target's layer paths (``"/"``-joined, no
+      collection) in call order, where ``like`` lost it (sorted keys).
 
   Returns:
-    One :class:`Change` per selected leaf, in the tree's flattening order. The
-    list's ``str()`` is an aligned table (what ``flipconv convert --dry-run``
-    prints).
+    Without ``like``, one :class:`Change` per selected leaf, in the tree's
+    flattening order. With ``like``, one :class:`PlanRow` per target leaf,
+    grouped by layer in the target's order, naming the source tensor as the
+    source names it. The list's ``str()`` is an aligned table (what
+    ``flipconv convert --dry-run`` prints).
 
   Examples:
     >>> import numpy as np, flipconv as fc
@@ -605,8 +734,35 @@ def plan_params(
     ...                       "flax", "pytorch")
     >>> print(plan[0])
     up/ConvTranspose_0/kernel: conv_transpose (4, 4, 8, 3) -> (8, 3, 4, 4) (HWOI -> OIHW: transpose (2, 3, 0, 1), flip H W)
+
+    With ``like``, one row per target leaf:
+
+    >>> like = {"params": {"fc": {"kernel": np.zeros((8, 10)), "bias": np.zeros(10)}}}
+    >>> sd = {"fc.weight": np.zeros((10, 8)), "fc.bias": np.zeros(10)}
+    >>> print(fc.plan_params(sd, "pytorch", "flax", like=like))
+    params/fc/kernel  <-  fc.weight  (10, 8)  ->  (8, 10)  dense OI -> IO: transpose (1, 0)
+    params/fc/bias    <-  fc.bias    (10,)    ->  (10,)    copy
+    2 target leaves in 1 layers: 2 matched by name, 0 by order, 0 unmatched.
   """  # noqa: E501
   where = "plan_params"
+  params = _prepared(params, where)
+  if like is not None:
+    _trees.check_tree(like, "like", where)
+    rows, _ = port(
+      params,
+      get_convention(src),
+      get_convention(dst),
+      like,
+      select=select,
+      flatten=flatten,
+      strict=strict,
+      epsilon=epsilon,
+      order=order,
+      convert=False,
+      where=where,
+    )
+    return Plan(rows)
+  _no_port_args(flatten, strict, epsilon, order, where)
   _, _, selected, unclassified = select_leaves(params, src, dst, select, where=where)
   _warn_unclassified(unclassified, where)
   return Plan(sel.change for sel in selected)

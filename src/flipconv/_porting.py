@@ -1,0 +1,892 @@
+"""Porting a whole checkpoint onto a Flax model: ``convert_params(..., like=variables)``.
+
+The source's leaves are grouped into *layers* (the leaves under one module
+name, or, for a list of arrays, as many leaves as each target layer takes);
+so are the target's (the variables under one module path, across the
+``params`` and ``batch_stats`` collections). Each target layer takes one
+source layer, by name where the names agree, else by order among layers of
+the same kind; then each target leaf takes the source leaf whose name the
+layer kind and the source framework give it (``running_var`` -> ``var``),
+converted as the target layer needs (conv, transposed conv, depthwise, dense,
+dense after a flatten) and checked against the target's shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from flipconv import _trees
+from flipconv._validate import shape_str
+from flipconv.convert import KernelPlan, apply_plan, depthwise_plan, kernel_plan, linear_plan
+from flipconv.registry import Convention
+
+_SEP = re.compile(r"[./]")
+_TRANSPOSED = re.compile(r"transpose|deconv|up[-_]?conv", re.IGNORECASE)
+_EMBEDDING = re.compile(r"embed", re.IGNORECASE)
+_ARR = re.compile(r"arr_(\d+)")
+# Collections of a linen variables dict that hold what a checkpoint has.
+_COLLECTIONS = ("params", "batch_stats")
+# Leaves a checkpoint holds that no Flax layer has.
+DROPPED = frozenset({"num_batches_tracked"})
+
+
+class UnmatchedWarning(UserWarning):
+  """``strict=False``: some target leaves kept ``like``'s value, or source leaves went unused."""
+
+
+class FlattenWarning(UserWarning):
+  """A dense layer after a conv may follow a flatten whose order no ``flatten=`` rule gave."""
+
+
+# ---------------------------------------------------------------------------
+# Parameter names: for each target layer kind and Flax leaf name, the names
+# the frameworks give the same parameter (PyTorch, Keras, Lasagne, ONNX, Flax).
+
+_NAMES: dict[tuple[str, str], tuple[str, ...]] = {
+  ("conv", "kernel"): ("weight", "kernel", "W", "w", "filter", "depthwise_kernel"),
+  ("dense", "kernel"): ("weight", "kernel", "W", "w"),
+  ("conv", "bias"): ("bias", "b", "B"),
+  ("dense", "bias"): ("bias", "b", "B"),
+  ("batchnorm", "scale"): ("weight", "gamma", "scale"),
+  ("batchnorm", "bias"): ("bias", "beta", "b", "B"),
+  ("batchnorm", "mean"): ("running_mean", "moving_mean", "mean", "input_mean"),
+  ("batchnorm", "var"): ("running_var", "moving_variance", "var", "input_var", "inv_std"),
+  ("norm", "scale"): ("weight", "gamma", "scale"),
+  ("norm", "bias"): ("bias", "beta", "b"),
+  ("embed", "embedding"): ("weight", "embeddings", "embedding", "W"),
+  ("prelu", "negative_slope"): ("weight", "alpha", "negative_slope"),
+}
+
+# A list of arrays (Lasagne's get_all_param_values, Keras' get_weights) has no
+# names: each framework's order of a layer's parameters, under its own names.
+_LIST_ORDER: dict[str, dict[str, tuple[tuple[str, str], ...]]] = {
+  "lasagne": {
+    "conv": (("kernel", "W"), ("bias", "b")),
+    "dense": (("kernel", "W"), ("bias", "b")),
+    "batchnorm": (("bias", "beta"), ("scale", "gamma"), ("mean", "mean"), ("var", "inv_std")),
+    "norm": (("bias", "beta"), ("scale", "gamma")),
+    "embed": (("embedding", "W"),),
+    "prelu": (("negative_slope", "alpha"),),
+  },
+  "keras": {
+    "conv": (("kernel", "kernel"), ("bias", "bias")),
+    "dense": (("kernel", "kernel"), ("bias", "bias")),
+    "batchnorm": (
+      ("scale", "gamma"),
+      ("bias", "beta"),
+      ("mean", "moving_mean"),
+      ("var", "moving_variance"),
+    ),
+    "norm": (("scale", "gamma"), ("bias", "beta")),
+    "embed": (("embedding", "embeddings"),),
+    "prelu": (("negative_slope", "alpha"),),
+  },
+  "pytorch": {
+    "conv": (("kernel", "weight"), ("bias", "bias")),
+    "dense": (("kernel", "weight"), ("bias", "bias")),
+    "batchnorm": (
+      ("scale", "weight"),
+      ("bias", "bias"),
+      ("mean", "running_mean"),
+      ("var", "running_var"),
+    ),
+    "norm": (("scale", "weight"), ("bias", "bias")),
+    "embed": (("embedding", "weight"),),
+    "prelu": (("negative_slope", "weight"),),
+  },
+}
+_LIST_FAMILY = {
+  "lasagne": "lasagne",
+  "lasagne-mm": "lasagne",
+  "theano": "lasagne",
+  "tensorflow": "keras",
+  "tflite": "keras",
+  "flax": "keras",
+  "haiku": "keras",
+}
+# Lasagne's BatchNormLayer default: var = 1 / inv_std**2 - epsilon.
+_INV_STD_EPSILON = {"lasagne": 1e-4, "lasagne-mm": 1e-4, "theano": 1e-4}
+
+
+# ---------------------------------------------------------------------------
+# The two sides, as layers
+
+
+@dataclasses.dataclass
+class SourceLeaf:
+  name: str  # exactly as the source names it: "features.0.weight", "arr_3"
+  key: str  # the parameter's own name: "weight", "running_var", "inv_std"
+  value: Any
+
+
+@dataclasses.dataclass
+class SourceLayer:
+  name: str  # "features.0"; "" for a list source
+  parts: tuple[str, ...]
+  leaves: dict[str, SourceLeaf]
+  kind: str
+  dropped: list[str] = dataclasses.field(default_factory=list)
+  used: set[str] = dataclasses.field(default_factory=set)
+
+
+@dataclasses.dataclass
+class TargetLeaf:
+  target: str  # "params/conv1/kernel" (or "conv1/kernel" for an nnx.State)
+  key: str  # "kernel", "mean"
+  index: int  # position in like's flattening
+  value: Any  # like's leaf: jax.Array, ShapeDtypeStruct or NumPy
+
+
+@dataclasses.dataclass
+class TargetLayer:
+  path: str  # "conv1", "layer1/0/conv1"
+  parts: tuple[str, ...]
+  leaves: dict[str, TargetLeaf]
+  kind: str
+
+
+def _key_name(key: Any) -> str:
+  for attr in ("key", "idx", "name"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _natural(text: str) -> tuple[Any, ...]:
+  return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+  return (
+    tuple(int(n) for n in np.shape(value))
+    if not hasattr(value, "shape")
+    else tuple(int(n) for n in value.shape)
+  )
+
+
+def _kernel_key(keys: Sequence[str]) -> str | None:
+  return next((k for k in ("weight", "kernel", "W", "w", "filter") if k in keys), None)
+
+
+def source_kind(name: str, leaves: Mapping[str, SourceLeaf]) -> str:
+  """A source layer's kind, from its parameter names and ranks."""
+  keys = set(leaves)
+  if keys & {"running_mean", "moving_mean", "inv_std", "running_var", "moving_variance"} or (
+    {"mean", "var"} <= keys
+  ):
+    return "batchnorm"
+  if "depthwise_kernel" in keys:
+    return "conv"
+  if keys & {"embeddings", "embedding"}:
+    return "embed"
+  if "negative_slope" in keys or "alpha" in keys:
+    return "prelu"
+  k = _kernel_key(list(keys))
+  if k is not None:
+    rank = len(_shape(leaves[k].value))
+    if rank >= 3:
+      return "conv"
+    if rank == 2:
+      return "embed" if _EMBEDDING.search(name) and not keys - {k} else "dense"
+    if keys - {k} & {"bias", "beta", "b"}:
+      return "norm"
+    return "prelu"
+  if keys & {"gamma", "beta", "scale"}:
+    return "norm"
+  return "other"
+
+
+def target_kind(path: str, leaves: Mapping[str, TargetLeaf]) -> str:
+  """A target layer's kind, from its Flax variable names and ranks."""
+  keys = set(leaves)
+  if {"mean", "var"} <= keys:
+    return "batchnorm"
+  if "embedding" in keys:
+    return "embed"
+  if "negative_slope" in keys:
+    return "prelu"
+  if "kernel" in keys:
+    return "conv" if len(_shape(leaves["kernel"].value)) >= 3 else "dense"
+  if keys and keys <= {"scale", "bias"}:
+    return "norm"
+  return "other"
+
+
+def _is_leaf_value(value: Any) -> bool:
+  return _trees.is_native(value) or _trees.is_foreign_array(value)
+
+
+def _source_from_list(items: Sequence[Any], names: Sequence[str]) -> list[SourceLeaf]:
+  return [SourceLeaf(n, "", v) for n, v in zip(names, items, strict=True)]
+
+
+def source_layers(source: Any, where: str) -> tuple[list[SourceLayer], list[SourceLeaf] | None]:
+  """The source's layers in its own order, or ``(_, leaves)`` for a list of arrays."""
+  if (
+    isinstance(source, Mapping)
+    and source
+    and all(isinstance(k, str) and _ARR.fullmatch(k) for k in source)
+  ):
+    names = sorted(source, key=lambda k: int(k[4:]))
+    return [], _source_from_list([source[k] for k in names], names)
+  if isinstance(source, (list, tuple)) and all(_is_leaf_value(v) for v in source):
+    return [], _source_from_list(list(source), [f"[{i}]" for i in range(len(source))])
+  flat: list[tuple[tuple[str, ...], str, Any]] = []  # (parts, name, leaf)
+  if isinstance(source, Mapping):
+    strip = (
+      bool(source)
+      and "params" in source
+      and all(k in (*_COLLECTIONS, "cache", "intermediates") for k in source)
+    )
+    _walk(source, (), "", flat, strip)
+  else:
+    for kp, leaf in jax.tree_util.tree_flatten_with_path(source)[0]:
+      keys = [_key_name(k) for k in kp]
+      if len(keys) > 1 and keys[-1] in ("value", "raw_value"):
+        keys = keys[:-1]
+      name = ".".join(keys)
+      flat.append((tuple(p for k in keys for p in _SEP.split(k) if p), name, leaf))
+  layers: dict[tuple[str, ...], SourceLayer] = {}
+  for parts, name, leaf in flat:
+    if not _is_leaf_value(leaf):
+      continue
+    if not parts:
+      raise ValueError(f"{where}: the source is a single array, not a tree of named arrays.")
+    head, key = parts[:-1], parts[-1]
+    layer = layers.get(head)
+    if layer is None:
+      prefix = name[: max(0, len(name) - len(key) - 1)]
+      layer = layers[head] = SourceLayer(prefix, head, {}, "")
+    if key in DROPPED:
+      layer.dropped.append(name)
+      continue
+    if key in layer.leaves:
+      raise ValueError(
+        f"{where}: source names {layer.leaves[key].name!r} and {name!r} are the same "
+        f"parameter {'/'.join(parts)!r}; keep one of them."
+      )
+    layer.leaves[key] = SourceLeaf(name, key, leaf)
+  out = [layer for layer in layers.values() if layer.leaves]
+  for layer in out:
+    layer.kind = source_kind(layer.name, layer.leaves)
+  return out, None
+
+
+def _walk(node: Any, parts: tuple[str, ...], name: str, out: list, strip: bool) -> None:
+  if isinstance(node, Mapping):
+    for k, v in node.items():
+      k = str(k)
+      if strip and not parts:  # a variables dict: the collection is not part of the name
+        _walk(v, (), "", out, False)
+        continue
+      split = tuple(p for p in _SEP.split(k) if p)
+      _walk(v, parts + split, f"{name}/{k}" if name else k, out, False)
+  elif isinstance(node, (list, tuple)) and not _is_leaf_value(node):
+    for i, v in enumerate(node):
+      _walk(v, (*parts, str(i)), f"{name}/{i}" if name else str(i), out, False)
+  else:
+    out.append((parts, name, node))
+
+
+def target_layers(like: Any, where: str) -> tuple[list[TargetLayer], bool]:
+  """The target's layers in its own order, and whether that order is the call order."""
+  flat = jax.tree_util.tree_flatten_with_path(like)[0]
+  by_path = {tuple(kp): i for i, (kp, _) in enumerate(flat)}
+  collections = isinstance(like, Mapping) and "params" in like
+  nnx_state = _is_nnx_state(like)
+  variables = _nnx_variables(like) if nnx_state else {}
+  layers: dict[tuple[str, ...], TargetLayer] = {}
+  # Walk like's mappings in their own order (jax's flattening sorts dict keys).
+  for keys, index in _ordered_paths(like, by_path):
+    names = [_key_name(k) for k in keys]
+    if names and names[-1] in ("value", "raw_value") and len(names) > 1:
+      names = names[:-1]
+    collection = ""
+    if collections:
+      collection, names = names[0], names[1:]
+      if collection not in _COLLECTIONS:
+        continue
+    elif nnx_state:
+      collection = variables.get(tuple(names), "")
+      if collection not in _COLLECTIONS:
+        continue
+    if not names:
+      continue
+    head, key = tuple(names[:-1]), names[-1]
+    target = "/".join(([collection] if collections else []) + names)
+    layer = layers.get(head)
+    if layer is None:
+      layer = layers[head] = TargetLayer("/".join(head), head, {}, "")
+    layer.leaves[key] = TargetLeaf(target, key, index, flat[index][1])
+  out = list(layers.values())
+  for layer in out:
+    layer.kind = target_kind(layer.path, layer.leaves)
+  paths = [layer.parts for layer in out]
+  ordered = paths != sorted(paths) or len({layer.kind for layer in out}) < 2
+  if paths == sorted(paths):
+    out.sort(key=lambda layer: tuple(_natural(p) for p in layer.parts))
+  return out, ordered
+
+
+def _ordered_paths(like: Any, by_path: Mapping[tuple[Any, ...], int]) -> list[tuple[tuple, int]]:
+  """Like's leaf keypaths in the order of its mappings' own keys."""
+  order: list[tuple[tuple, int]] = []
+
+  def walk(node: Any, prefix: tuple[Any, ...]) -> None:
+    if isinstance(node, Mapping) or _is_nnx_state(node):
+      for k in node:
+        walk(node[k], (*prefix, jax.tree_util.DictKey(k)))
+      return
+    # Anything else: its own flattening, in jax's order.
+    for kp, _ in jax.tree_util.tree_flatten_with_path(node)[0]:
+      full = (*prefix, *kp)
+      if full in by_path:
+        order.append((full, by_path[full]))
+
+  walk(like, ())
+  if len(order) != len(by_path):  # a container we did not walk: fall back to jax's order
+    return sorted(by_path.items(), key=lambda item: item[1])
+  return order
+
+
+def _is_nnx_state(node: Any) -> bool:
+  return type(node).__name__ == "State" and type(node).__module__.startswith("flax.nnx")
+
+
+def _nnx_variables(state: Any) -> dict[tuple[str, ...], str]:
+  """nnx: each variable's path and collection (``Param``: params, ``BatchStat``: batch_stats)."""
+  from flax import nnx
+
+  out = {}
+  for path, var in nnx.to_flat_state(state):
+    names = tuple(str(p) for p in path)
+    if isinstance(var, nnx.BatchStat):
+      out[names] = "batch_stats"
+    elif isinstance(var, nnx.Param):
+      out[names] = "params"
+    else:
+      out[names] = type(var).__name__
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Matching layers
+
+
+@dataclasses.dataclass
+class Pairing:
+  target: TargetLayer
+  source: SourceLayer | None
+  by: str  # "name", "order" or ""
+
+
+def _norm(parts: Sequence[str]) -> str:
+  return ".".join(parts).lower()
+
+
+def _compatible(target: str, source: str) -> bool:
+  return target == source or "other" in (target, source)
+
+
+def match_layers(
+  targets: list[TargetLayer], sources: list[SourceLayer]
+) -> tuple[list[Pairing], list[SourceLayer]]:
+  """Pairs target and source layers: by name first, then by order within each kind."""
+  by_name: dict[str, list[SourceLayer]] = {}
+  for s in sources:
+    by_name.setdefault(_norm(s.parts), []).append(s)
+  taken: set[int] = set()
+  pairs = [Pairing(t, None, "") for t in targets]
+  for pair in pairs:
+    candidates = by_name.get(_norm(pair.target.parts), [])
+    for s in candidates:
+      if id(s) not in taken and _compatible(pair.target.kind, s.kind):
+        pair.source, pair.by = s, "name"
+        taken.add(id(s))
+        break
+  for kind in dict.fromkeys(t.kind for t in targets):
+    if kind == "other":
+      continue
+    free_t = [p for p in pairs if p.source is None and p.target.kind == kind]
+    free_s = [s for s in sources if id(s) not in taken and s.kind == kind]
+    for pair, s in zip(free_t, free_s, strict=False):
+      pair.source, pair.by = s, "order"
+      taken.add(id(s))
+  return pairs, [s for s in sources if id(s) not in taken]
+
+
+def split_list(
+  leaves: list[SourceLeaf], targets: list[TargetLayer], src: Convention, where: str
+) -> tuple[list[Pairing], list[SourceLeaf]]:
+  """A list source: each target layer, in order, takes the leaves it has, in ``src``'s order."""
+  family = _LIST_FAMILY.get(src.name, "pytorch")
+  orders = _LIST_ORDER[family]
+  pairs, i = [], 0
+  for t in targets:
+    order = orders.get(t.kind)
+    if order is None:
+      order = tuple((k, k) for k in t.leaves)
+    layer = SourceLayer("", (), {}, t.kind)
+    for tkey, skey in order:
+      if tkey not in t.leaves:
+        continue
+      if i < len(leaves):
+        leaf = leaves[i]
+        layer.leaves[skey] = SourceLeaf(leaf.name, skey, leaf.value)
+        i += 1
+      # PyTorch's list(state_dict.values()) has a BatchNorm's step counter after var.
+    if t.kind == "batchnorm" and family == "pytorch" and i < len(leaves):
+      nxt = leaves[i].value
+      if _shape(nxt) == () and np.issubdtype(np.dtype(nxt.dtype), np.integer):
+        layer.dropped.append(leaves[i].name)
+        i += 1
+    if layer.leaves:
+      layer.name = leaves[i - 1].name if i else ""
+    pairs.append(Pairing(t, layer if layer.leaves else None, "order"))
+  return pairs, leaves[i:]
+
+
+# ---------------------------------------------------------------------------
+# Converting one leaf
+
+
+@dataclasses.dataclass(frozen=True)
+class FlattenRule:
+  """A dense layer after a flatten: the two flatten orders and each letter's size."""
+
+  pattern: str
+  src_order: str
+  dst_order: str
+  sizes: tuple[tuple[str, int], ...]
+
+
+def parse_flatten(flatten: Any, where: str) -> list[FlattenRule]:
+  if flatten is None:
+    return []
+  if not isinstance(flatten, Mapping):
+    raise TypeError(
+      f"{where}: flatten must be a mapping from a glob on the dense layer's path to "
+      f"(src_order, dst_order, sizes), e.g. {{'Dense_0': ('CHW', 'HWC', "
+      f"{{'C': 64, 'H': 4, 'W': 4}})}}; got {type(flatten).__name__}."
+    )
+  rules = []
+  for pattern, spec in flatten.items():
+    if not isinstance(pattern, str) or not pattern:
+      raise TypeError(f"{where}: flatten keys must be non-empty globs, got {pattern!r}.")
+    if not (isinstance(spec, (tuple, list)) and len(spec) == 3):
+      raise TypeError(
+        f"{where}: flatten[{pattern!r}] must be (src_order, dst_order, sizes), e.g. "
+        f"('CHW', 'HWC', {{'C': 64, 'H': 4, 'W': 4}}); got {spec!r}."
+      )
+    s_order, d_order, sizes = spec
+    if not isinstance(sizes, Mapping):
+      if not isinstance(sizes, (tuple, list)) or not isinstance(s_order, str):
+        raise TypeError(
+          f"{where}: flatten[{pattern!r}] sizes must be a mapping of letters to sizes or a "
+          f"tuple in src_order, got {sizes!r}."
+        )
+      if len(sizes) != len(s_order):
+        raise ValueError(
+          f"{where}: flatten[{pattern!r}] gives {len(sizes)} sizes for the "
+          f"{len(s_order)} letters of {s_order!r}."
+        )
+      sizes = dict(zip(s_order, sizes, strict=True))
+    rules.append(FlattenRule(pattern, s_order, d_order, tuple(sizes.items())))
+  return rules
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+  return re.compile(fnmatch.translate(pattern.replace(".", "/")))
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafPlan:
+  """How one source leaf becomes one target leaf."""
+
+  change: str  # in words
+  new_shape: tuple[int, ...]
+  kernel: KernelPlan | None = None
+  inv_std_epsilon: float | None = None  # var = 1 / inv_std**2 - epsilon
+  reshape: tuple[int, ...] | None = None
+
+
+def _kernel_words(plan: KernelPlan, what: str) -> str:
+  perm = plan.permutation != tuple(range(len(plan.permutation)))
+  if not perm and not plan.flip and plan.expand is None and plan.reshape is None:
+    return f"{what}: unchanged ({plan.src_layout})"
+  words = []
+  if plan.expand is not None or plan.reshape is not None:
+    words.append("reshape")
+  if perm:
+    words.append(f"transpose {plan.permutation}")
+  if plan.flip:
+    words.append("flip " + " ".join(plan.dst_layout[a] for a in plan.flip_axes))
+  return f"{what} {plan.src_layout} -> {plan.dst_layout}: " + ", ".join(words)
+
+
+def plan_leaf(
+  target: TargetLayer,
+  tleaf: TargetLeaf,
+  sleaf: SourceLeaf,
+  src: Convention,
+  dst: Convention,
+  *,
+  kind_hint: str | None,
+  flatten: FlattenRule | None,
+  epsilon: float | None,
+  where: str,
+) -> LeafPlan:
+  """The conversion of ``sleaf`` into ``tleaf``; its shape is checked by the caller."""
+  shape = _shape(sleaf.value)
+  want = _shape(tleaf.value)
+  if target.kind == "conv" and tleaf.key == "kernel":
+    if sleaf.key == "depthwise_kernel":
+      plan = depthwise_plan(shape, src, dst, where=where)
+      return LeafPlan(_kernel_words(plan, "depthwise"), plan.new_shape(shape), plan)
+    if kind_hint in ("conv", "conv_transpose"):
+      kinds = [kind_hint]
+    elif _TRANSPOSED.search(target.path):
+      kinds = ["conv_transpose", "conv"]
+    else:
+      kinds = ["conv", "conv_transpose"]
+    plans = [kernel_plan(len(shape), src, dst, kind=k, where=where) for k in kinds]
+    plan = next((p for p in plans if p.new_shape(shape) == want), plans[0])
+    what = "transposed conv" if plan.kind == "conv_transpose" else "conv"
+    return LeafPlan(_kernel_words(plan, what), plan.new_shape(shape), plan)
+  if target.kind == "dense" and tleaf.key == "kernel" and len(shape) == 2:
+    if flatten is not None:
+      plan = linear_plan(
+        shape,
+        src,
+        dst,
+        feature_shape=dict(flatten.sizes),
+        feature_order=(flatten.src_order, flatten.dst_order),
+        where=where,
+      )
+      what = f"dense after flatten {flatten.src_order} -> {flatten.dst_order}"
+    else:
+      plan = linear_plan(shape, src, dst, where=where)
+      what = "dense"
+    return LeafPlan(_kernel_words(plan, what), plan.new_shape(shape), plan)
+  if sleaf.key == "inv_std":
+    eps = _INV_STD_EPSILON.get(src.name, 1e-4) if epsilon is None else float(epsilon)
+    return LeafPlan(f"var = 1/inv_std**2 - {eps:g}", shape, inv_std_epsilon=eps)
+  if (
+    shape != want
+    and int(np.prod(shape)) == int(np.prod(want))
+    and (target.kind == "prelu" or (len(shape) <= 1 and len(want) <= 1))
+  ):
+    return LeafPlan(f"reshape {shape_str(shape)} -> {shape_str(want)}", want, reshape=want)
+  return LeafPlan("copy", shape)
+
+
+def apply_leaf(value: Any, plan: LeafPlan) -> Any:
+  """Converts one (host or device) leaf; the dtype is kept."""
+  if plan.kernel is not None:
+    return apply_plan(value, plan.kernel)
+  if plan.inv_std_epsilon is not None:
+    a = np.asarray(value)
+    return (1 / (a.astype(np.float64) ** 2) - plan.inv_std_epsilon).astype(a.dtype)
+  if plan.reshape is not None:
+    return value.reshape(plan.reshape)
+  return value
+
+
+def place(value: Any, like_leaf: Any) -> Any:
+  """A jax.Array with ``like_leaf``'s sharding where it has one, else NumPy."""
+  sharding = getattr(like_leaf, "sharding", None)
+  if isinstance(like_leaf, jax.Array) or sharding is not None:
+    return jax.device_put(value, sharding)
+  return np.asarray(value)
+
+
+# ---------------------------------------------------------------------------
+# The whole port
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanRow:
+  """One target leaf of a port: where it comes from and what is done to it.
+
+  Attributes:
+    target: the target leaf's path, ``"/"``-joined with its collection
+      (``"params/conv1/kernel"``; an ``nnx.State`` has none: ``"conv1/kernel"``).
+    source: the source tensor's name exactly as the source has it
+      (``"features.0.weight"``, ``"arr_3"``); ``None`` when nothing matched.
+    change: what is done, in words.
+    old_shape: the source tensor's shape (``like``'s when unmatched).
+    new_shape: the shape after conversion (= the target's).
+    layer: the target layer's path (``"conv1"``).
+    kind: the target layer's kind: conv, dense, batchnorm, norm, embed, prelu, other.
+    matched_by: ``"name"``, ``"order"``, or ``""`` when unmatched.
+    dtype: the dtype of the result.
+  """
+
+  target: str
+  source: str | None
+  change: str
+  old_shape: tuple[int, ...]
+  new_shape: tuple[int, ...]
+  layer: str = ""
+  kind: str = ""
+  matched_by: str = ""
+  dtype: str = ""
+
+  def __str__(self) -> str:
+    return (
+      f"{self.target} <- {self.source or '(unmatched)'}: {shape_str(self.old_shape)} -> "
+      f"{shape_str(self.new_shape)} ({self.change})"
+    )
+
+
+def format_rows(rows: Sequence[PlanRow]) -> str:
+  """The rows as an aligned table and a count (``flipconv convert --like --dry-run``)."""
+  if not rows:
+    return "like has no leaf to fill."
+  cells = [
+    (
+      r.target,
+      "<-",
+      r.source if r.source is not None else "(unmatched: like's value kept)",
+      shape_str(r.old_shape),
+      "->",
+      shape_str(r.new_shape),
+      r.change,
+    )
+    for r in rows
+  ]
+  widths = [max(len(c[i]) for c in cells) for i in range(6)]
+  lines = ["  ".join(c[i].ljust(widths[i]) for i in range(6)) + "  " + c[6] for c in cells]
+  n_by = {by: sum(r.matched_by == by for r in rows) for by in ("name", "order", "")}
+  layers = len(dict.fromkeys(r.layer for r in rows))
+  lines.append(
+    f"{len(rows)} target leaves in {layers} layers: {n_by['name']} matched by name, "
+    f"{n_by['order']} by order, {n_by['']} unmatched."
+  )
+  return "\n".join(lines)
+
+
+def _check_order(order: Any, layers: list[TargetLayer], where: str) -> list[TargetLayer]:
+  if isinstance(order, str) or not isinstance(order, Sequence):
+    raise TypeError(
+      f"{where}: order must be a list of the target's layer paths ('/'-joined, no "
+      f"collection), got {order!r}."
+    )
+  by_path = {layer.path: layer for layer in layers}
+  unknown = [p for p in order if p not in by_path]
+  missing = [p for p in by_path if p not in order]
+  dup = sorted({p for p in order if list(order).count(p) > 1})
+  if unknown or missing or dup:
+    what = []
+    if unknown:
+      what.append(f"not layers of like: {unknown}")
+    if missing:
+      what.append(f"layers of like it leaves out: {missing}")
+    if dup:
+      what.append(f"named twice: {dup}")
+    raise ValueError(f"{where}: order must name each layer of like once; " + "; ".join(what) + ".")
+  return [by_path[p] for p in order]
+
+
+def _select_kinds(select: Any, layers: list[TargetLayer], where: str) -> dict[str, str | None]:
+  """With ``like``: ``select`` maps globs on target leaf paths (no collection) to kinds."""
+  if select is None or (isinstance(select, str) and select == "auto"):
+    return {}
+  if not isinstance(select, Mapping):
+    raise TypeError(
+      f"{where}: with like=, select must be 'auto' or a mapping from globs on the "
+      f"target's leaf paths (e.g. 'up/kernel') to 'conv', 'conv_transpose', 'linear' "
+      f"or None; got {type(select).__name__}."
+    )
+  allowed = ("conv", "conv_transpose", "linear", "auto", None)
+  paths = [f"{layer.path}/{k}" for layer in layers for k in layer.leaves]
+  out: dict[str, str | None] = {}
+  for pattern, kind in select.items():
+    if kind not in allowed:
+      raise ValueError(f"{where}: select[{pattern!r}] = {kind!r}; allowed: {allowed}.")
+    regex = _glob(pattern)
+    hits = [p for p in paths if regex.fullmatch(p)]
+    if not hits:
+      raise ValueError(
+        f"{where}: select pattern {pattern!r} matches no leaf of like; its paths look "
+        f"like {paths[:4]}."
+      )
+    for p in hits:
+      out.setdefault(p, kind)
+  return out
+
+
+def _out_channels(shape: tuple[int, ...], plan: KernelPlan | None) -> int | None:
+  if plan is None:
+    return None
+  layout = plan.dst_layout
+  letter = "I" if plan.kind == "conv_transpose" else "O"
+  return shape[layout.index(letter)] if letter in layout else None
+
+
+def port(
+  source: Any,
+  src: Convention,
+  dst: Convention,
+  like: Any,
+  *,
+  select: Any,
+  flatten: Any,
+  strict: bool,
+  epsilon: float | None,
+  order: Any,
+  convert: bool,
+  where: str,
+) -> tuple[list[PlanRow], Any]:
+  """Plans (and with ``convert``, carries out) the port of ``source`` onto ``like``."""
+  if not isinstance(strict, bool):
+    raise TypeError(f"{where}: strict must be True or False, got {strict!r}.")
+  if epsilon is not None and not (isinstance(epsilon, (int, float)) and epsilon >= 0):
+    raise TypeError(f"{where}: epsilon must be a non-negative float, got {epsilon!r}.")
+  targets, ordered = target_layers(like, where)
+  if not targets:
+    raise ValueError(
+      f"{where}: like has no params or batch_stats leaves; pass the target model's "
+      "variables (model.init(...), jax.eval_shape of it, or nnx.state(model))."
+    )
+  if order is not None:
+    targets, ordered = _check_order(order, targets, where), True
+  rules = parse_flatten(flatten, where)
+  kinds = _select_kinds(select, targets, where)
+  sources, listed = source_layers(source, where)
+  if listed is not None:
+    if not ordered:
+      raise ValueError(
+        f"{where}: a list source ({len(listed)} arrays, no names) is matched by order "
+        "only, but like's layer order is lost (its keys are sorted, as jax.eval_shape "
+        "and nnx.state give them); pass like from model.init(...) or order=[layer paths]."
+      )
+    pairs, unused_leaves = split_list(listed, targets, src, where)
+    unused_layers: list[SourceLayer] = []
+  else:
+    pairs, unused_layers = match_layers(targets, sources)
+    unused_leaves = []
+
+  rows: list[PlanRow] = []
+  results: dict[int, Any] = {}
+  unmatched: list[str] = []
+  mismatched: list[str] = []
+  channels: int | None = None
+  for pair in pairs:
+    t, s = pair.target, pair.source
+    rule = next((r for r in rules if _glob(r.pattern).fullmatch(t.path)), None)
+    for key, tleaf in t.leaves.items():
+      want = _shape(tleaf.value)
+      sleaf = None
+      if s is not None:
+        names = _NAMES.get((t.kind, key), (key,))
+        sleaf = next((s.leaves[n] for n in names if n in s.leaves and n not in s.used), None)
+      if sleaf is None:
+        expected = f"from {s.name or 'the list'!r}" if s is not None else "no source layer"
+        unmatched.append(f"{tleaf.target} ({expected})")
+        rows.append(
+          PlanRow(
+            tleaf.target,
+            None,
+            "unmatched: like's value kept",
+            want,
+            want,
+            t.path,
+            t.kind,
+            "",
+            str(np.dtype(tleaf.value.dtype)),
+          )
+        )
+        continue
+      s.used.add(sleaf.key)
+      value = _trees.host_array(sleaf.value, sleaf.name, where)
+      hint = kinds.get(f"{t.path}/{key}", "auto")
+      if hint is None:
+        lp = LeafPlan("kept as is (select)", _shape(value))
+      else:
+        lp = plan_leaf(
+          t,
+          tleaf,
+          SourceLeaf(sleaf.name, sleaf.key, value),
+          src,
+          dst,
+          kind_hint=None if hint == "auto" else hint,
+          flatten=rule,
+          epsilon=epsilon,
+          where=where,
+        )
+      if lp.new_shape != want:
+        mismatched.append(
+          f"{tleaf.target} <- {sleaf.name}: {shape_str(_shape(value))} becomes "
+          f"{shape_str(lp.new_shape)} ({lp.change}), like has {shape_str(want)}"
+        )
+      if t.kind == "conv" and key == "kernel":
+        channels = _out_channels(want, lp.kernel)
+      elif t.kind == "dense" and key == "kernel" and rule is None and channels:
+        inputs = want[dst.linear_layout.index("I")]
+        if inputs > channels and inputs % channels == 0:
+          warnings.warn(
+            f"{where}: dense layer {t.path!r} has {inputs} inputs, {inputs // channels} x "
+            f"the {channels} channels of the conv before it: if it follows a flatten, "
+            f"its rows are in the source's flatten order. Pass flatten={{{t.path!r}: "
+            f"('CHW', 'HWC', {{'C': {channels}, ...}})}} (the orders both sides flatten "
+            "in), or a rule that maps it to itself to silence this.",
+            FlattenWarning,
+            stacklevel=4,
+          )
+      rows.append(
+        PlanRow(
+          tleaf.target,
+          sleaf.name,
+          lp.change,
+          _shape(value),
+          lp.new_shape,
+          t.path,
+          t.kind,
+          pair.by,
+          str(np.dtype(value.dtype)),
+        )
+      )
+      if convert and lp.new_shape == want:
+        results[tleaf.index] = place(apply_leaf(value, lp), tleaf.value)
+  unused = [leaf.name for leaf in unused_leaves]
+  for p in pairs:
+    if p.source is not None:
+      unused += [lf.name for k, lf in p.source.leaves.items() if k not in p.source.used]
+  for layer in unused_layers:
+    unused += [lf.name for lf in layer.leaves.values()]
+  if mismatched:
+    raise ValueError(
+      f"{where}: {len(mismatched)} converted shape(s) differ from like's: "
+      + "; ".join(mismatched[:10])
+      + ("; ..." if len(mismatched) > 10 else "")
+      + ". Check the layer order (order=), the source convention, or select= for "
+      "transposed convs."
+    )
+  if unmatched or unused:
+    text = []
+    if unmatched:
+      text.append(f"target leaves with no source: {', '.join(unmatched)}")
+    if unused:
+      text.append(f"source tensors used by no target: {', '.join(unused)}")
+    if strict:
+      raise ValueError(
+        f"{where}: the source and like do not match one to one; "
+        + "; ".join(text)
+        + ". Name the layers alike, give order=, or pass strict=False to keep like's "
+        "values for the unmatched target leaves."
+      )
+    warnings.warn(f"{where}: " + "; ".join(text) + ".", UnmatchedWarning, stacklevel=4)
+  if not convert:
+    return rows, None
+  flat, treedef = jax.tree_util.tree_flatten(like)
+  leaves = [results.get(i, leaf) for i, leaf in enumerate(flat)]
+  return rows, jax.tree_util.tree_unflatten(treedef, leaves)
