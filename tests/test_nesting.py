@@ -136,3 +136,97 @@ def test_bad_arguments():
     fc.nest_params({"a.weight": 1}, rename={"weight": 3})
   with pytest.raises(TypeError, match="rename"):
     fc.nest_params({"a.weight": 1}, rename=[("weight", "kernel")])
+
+
+class _TorchNamedNet(nn.Module):
+  """A linen net whose module names are a PyTorch model's: conv, bn, ln, emb, act, fc."""
+
+  @nn.compact
+  def __call__(self, tokens, x):
+    e = nn.Embed(11, 4, name="emb")(tokens)  # (B, L, 4)
+    y = nn.Conv(4, (3,), padding="SAME", name="conv")(x)  # (B, L, 4)
+    y = nn.BatchNorm(use_running_average=True, epsilon=1e-5, name="bn")(y)
+    y = nn.PReLU(name="act")(y + e)
+    y = nn.LayerNorm(epsilon=1e-5, name="ln")(y)
+    return nn.Dense(3, name="fc")(y)
+
+
+def test_collections_drive_a_model_with_batchnorm_layernorm_embed_prelu():
+  # The names a PyTorch state_dict has, already converted to Flax layouts
+  # (what `flipconv convert --nest` writes after converting the kernels).
+  sd = {
+    "emb.weight": rand((11, 4), 1),
+    "conv.weight": rand((3, 2, 4), 2),
+    "conv.bias": rand((4,), 3),
+    "bn.weight": rand((4,), 4),
+    "bn.bias": rand((4,), 5),
+    "bn.running_mean": rand((4,), 6),
+    "bn.running_var": np.abs(rand((4,), 7)) + 0.5,
+    "bn.num_batches_tracked": np.array(7, np.int64),
+    "act.weight": np.array([0.25], np.float32),
+    "ln.weight": rand((4,), 8),
+    "ln.bias": rand((4,), 9),
+    "fc.weight": rand((4, 3), 10),
+    "fc.bias": rand((3,), 11),
+  }
+  variables = fc.nest_params(sd, collections=True)
+  assert set(variables) == {"params", "batch_stats"}
+  assert set(variables["batch_stats"]) == {"bn"}
+  assert variables["params"]["emb"]["embedding"] is sd["emb.weight"]
+  assert variables["params"]["bn"]["scale"] is sd["bn.weight"]
+  assert variables["batch_stats"]["bn"]["var"] is sd["bn.running_var"]
+  assert variables["params"]["ln"]["scale"] is sd["ln.weight"]
+  assert variables["params"]["fc"]["kernel"] is sd["fc.weight"]
+  model = _TorchNamedNet()
+  tokens = jnp.array([[1, 2, 3, 4, 5]])
+  x = jnp.asarray(rand((1, 5, 2), 12))
+  init = model.init(jax.random.key(0), tokens, x)
+  # PReLU's slope is a scalar in Flax: the one-element tensor has to be reshaped
+  # (convert_params(..., like=) does that; nest only renames).
+  variables["params"]["act"]["negative_slope"] = variables["params"]["act"][
+    "negative_slope"
+  ].reshape(())
+  assert jax.tree.structure(variables) == jax.tree.structure(dict(init))
+  out = model.apply(variables, tokens, x)
+  # The same network written out by hand.
+  p, s = variables["params"], variables["batch_stats"]
+  y = (
+    np.stack(
+      [
+        sum(np.pad(x[0], ((1, 1), (0, 0)))[t + i] @ p["conv"]["kernel"][i] for i in range(3))
+        for t in range(5)
+      ]
+    )
+    + p["conv"]["bias"]
+  )
+  y = (y - s["bn"]["mean"]) / np.sqrt(s["bn"]["var"] + 1e-5) * p["bn"]["scale"] + p["bn"]["bias"]
+  y = y + p["emb"]["embedding"][np.asarray(tokens[0])]
+  y = np.where(y >= 0, y, 0.25 * y)
+  y = (y - y.mean(-1, keepdims=True)) / np.sqrt(y.var(-1, keepdims=True) + 1e-5)
+  y = y * p["ln"]["scale"] + p["ln"]["bias"]
+  want = y @ p["fc"]["kernel"] + p["fc"]["bias"]
+  np.testing.assert_allclose(np.asarray(out[0]), want, rtol=2e-5, atol=2e-5)
+
+
+def test_collections_keras_names_and_lasagne_inv_std():
+  keras = {
+    "bn/gamma": rand((4,), 1),
+    "bn/beta": rand((4,), 2),
+    "bn/moving_mean": rand((4,), 3),
+    "bn/moving_variance": rand((4,), 4),
+    "dw/depthwise_kernel": rand((3, 3, 4, 1), 5),
+  }
+  v = fc.nest_params(keras, sep="/", collections=True)
+  assert sorted(v["params"]["bn"]) == ["bias", "scale"]
+  assert v["batch_stats"]["bn"]["var"] is keras["bn/moving_variance"]
+  assert v["params"]["dw"]["kernel"] is keras["dw/depthwise_kernel"]
+  lasagne = {
+    "bn.beta": rand((4,)),
+    "bn.gamma": rand((4,)),
+    "bn.mean": rand((4,)),
+    "bn.inv_std": rand((4,)),
+  }
+  with pytest.raises(ValueError, match="inv_std.*epsilon"):
+    fc.nest_params(lasagne, collections=True)
+  with pytest.raises(TypeError, match="collections"):
+    fc.nest_params(keras, collections="yes")

@@ -30,7 +30,7 @@ from flipconv.registry import Convention
 
 _SEP = re.compile(r"[./]")
 _TRANSPOSED = re.compile(r"transpose|deconv|up[-_]?conv", re.IGNORECASE)
-_EMBEDDING = re.compile(r"embed", re.IGNORECASE)
+_EMBEDDING = re.compile(r"emb|wte|wpe", re.IGNORECASE)  # embed, tok_emb, GPT-2 wte/wpe
 _ARR = re.compile(r"arr_(\d+)")
 # Collections of a linen variables dict that hold what a checkpoint has.
 _COLLECTIONS = ("params", "batch_stats")
@@ -64,6 +64,17 @@ _NAMES: dict[tuple[str, str], tuple[str, ...]] = {
   ("embed", "embedding"): ("weight", "embeddings", "embedding", "W"),
   ("prelu", "negative_slope"): ("weight", "alpha", "negative_slope"),
 }
+
+_STATS = frozenset({"mean", "var"})
+
+
+def flax_name(kind: str, key: str) -> tuple[str, str]:
+  """``(collection, name)`` of the Flax variable that a source parameter of a layer becomes."""
+  for (k, flax_key), names in _NAMES.items():
+    if k == kind and key in names:
+      return ("batch_stats" if flax_key in _STATS else "params"), flax_key
+  return "params", key
+
 
 # A list of arrays (Lasagne's get_all_param_values, Keras' get_weights) has no
 # names: each framework's order of a layer's parameters, under its own names.

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from flipconv import _porting
+
 _WHERE = "nest_params"
 
 
@@ -34,6 +36,7 @@ def nest_params(
   *,
   sep: str = ".",
   rename: Mapping[str, str] = MappingProxyType({"weight": "kernel"}),
+  collections: bool = False,
 ) -> dict[str, Any]:
   """Splits flat ``sep``-joined keys into nested dicts and renames the leaf names.
 
@@ -45,13 +48,25 @@ def nest_params(
   ready for ``module.apply({"params": nest_params(...)}, x)``.
 
   Indices stay strings (``"layer1.0.conv1.weight"`` gives ``{"layer1": {"0":
-  ...}}``); a parameter that Flax names differently by module (a BatchNorm's
-  ``weight`` is Flax's ``scale``) needs its own renaming, before or after.
+  ...}}``).
+
+  With ``collections=True`` the result is a Flax variables dict, ``{"params":
+  ..., "batch_stats": ...}``, and each parameter is named as the Flax layer of
+  its kind names it, whatever framework named it: a BatchNorm's ``weight`` /
+  ``gamma`` becomes ``params`` ``scale``, its ``running_mean`` /
+  ``moving_mean`` ``batch_stats`` ``mean`` (``num_batches_tracked`` is
+  dropped), a LayerNorm's ``weight`` ``scale``, an Embedding's ``weight``
+  ``embedding``, a PReLU's ``weight`` ``negative_slope``, a conv or dense
+  ``weight``/``W`` ``kernel``. The kind is read from each module's parameter
+  names and ranks (``rename`` is not used). To fill a given model's variables
+  (and convert its kernels), use ``convert_params(..., like=variables)``.
 
   Args:
     flat: a mapping from string keys to leaves (arrays, or anything else).
     sep: the separator in the keys (``"."`` for PyTorch, ``"/"`` for paths).
     rename: leaf names to replace, ``{old: new}``; ``{}`` renames nothing.
+    collections: return ``{"params": ..., "batch_stats": ...}`` with Flax's
+      names per layer kind (see above).
 
   Returns:
     Nested plain dicts with the same leaves.
@@ -75,6 +90,11 @@ def nest_params(
     True
     >>> fc.nest_params({"a/b/w": 1}, sep="/", rename={"w": "kernel"})
     {'a': {'b': {'kernel': 1}}}
+    >>> bn = {"bn.weight": np.ones(8), "bn.bias": np.zeros(8), "bn.running_mean": np.zeros(8),
+    ...       "bn.running_var": np.ones(8), "bn.num_batches_tracked": np.array(3)}
+    >>> v = fc.nest_params(bn, collections=True)
+    >>> {c: {m: sorted(p) for m, p in tree.items()} for c, tree in v.items()}
+    {'params': {'bn': ['bias', 'scale']}, 'batch_stats': {'bn': ['mean', 'var']}}
   """
   if not isinstance(flat, Mapping):
     raise TypeError(
@@ -90,11 +110,20 @@ def nest_params(
       f"{_WHERE}: rename must be a mapping of leaf names to new non-empty names "
       f"(e.g. {{'weight': 'kernel'}}), got {rename!r}."
     )
+  if not isinstance(collections, bool):
+    raise TypeError(f"{_WHERE}: collections must be True or False, got {collections!r}.")
+  renamed = _by_kind(flat, sep) if collections else None
   # Every key's nested path, then the two kinds of ambiguity, then the tree.
   paths: dict[tuple[str, ...], str] = {}
   for key in flat:
     *heads, last = _parts(key, sep)
-    path = (*heads, rename.get(last, last))
+    if renamed is not None:
+      if key not in renamed:
+        continue  # dropped (a BatchNorm's step counter)
+      collection, name = renamed[key]
+      path = (collection, *heads, name)
+    else:
+      path = (*heads, rename.get(last, last))
     if path in paths:
       raise ValueError(
         f"{_WHERE}: keys {paths[path]!r} and {key!r} both become "
@@ -116,6 +145,27 @@ def nest_params(
       node = node.setdefault(head, {})
     node[path[-1]] = flat[key]
   return tree
+
+
+def _by_kind(flat: Mapping[str, Any], sep: str) -> dict[str, tuple[str, str]]:
+  """Each key's Flax collection and parameter name, from its module's kind."""
+  modules: dict[tuple[str, ...], dict[str, Any]] = {}
+  for key, value in flat.items():
+    *heads, last = _parts(key, sep)
+    modules.setdefault(tuple(heads), {})[last] = _porting.SourceLeaf(key, last, value)
+  out = {}
+  for heads, leaves in modules.items():
+    kind = _porting.source_kind(sep.join(heads), leaves)
+    for last, leaf in leaves.items():
+      if last in _porting.DROPPED:
+        continue
+      if last == "inv_std":
+        raise ValueError(
+          f"{_WHERE}: {leaf.name!r} is a Lasagne BatchNorm's inv_std; its variance "
+          "needs the layer's epsilon: use convert_params(..., like=variables, epsilon=...)."
+        )
+      out[leaf.name] = _porting.flax_name(kind, last)
+  return out
 
 
 __all__ = ["nest_params"]
