@@ -1,27 +1,31 @@
-"""Port a PyTorch CNN to Flax, two ways, and check that all three give the same logits.
+"""Port a PyTorch CNN to Flax, two ways, and check that all of them give the same logits.
 
 The story: someone hands you a PyTorch model (here a small CNN with random,
 seeded weights: a 3x3 conv, a depthwise conv, a strided conv, a transposed
 conv that upsamples, a flatten and a linear head) as a ``.safetensors`` file.
-You want to run it in JAX.
+You want to run it in JAX. You write the Flax model; flipconv fills it.
 
-(a) Convert the weights to Flax's conventions with the command line
-    (``flipconv convert model.safetensors model_flax.msgpack --from pytorch
-    --to flax``) and load them into a model of plain ``flax.linen`` layers
-    (NHWC). Two things need saying: the transposed conv is named ``up``, which
-    the automatic selection cannot recognise (``--select 'up.weight=conv_transpose'``),
-    and the linear head reads a *flattened* feature map, which PyTorch flattens
-    in (C, H, W) order and an NHWC model in (H, W, C) order: the head's kernel
-    needs ``fc.convert_linear_kernel(..., feature_shape=(C, H, W))``. The
-    example shows what you get if you forget.
+(a) Plain ``flax.linen`` layers (NHWC). One call fills the model's variables
+    from the ``state_dict`` (torch tensors as they are)::
+
+        variables = fc.convert_params(state_dict, "pytorch", "flax", like=variables,
+                                      flatten={"head": ("CHW", "HWC", {"C": 4, "H": 8, "W": 12})})
+
+    Every layer of the Flax model is matched to one PyTorch module (here by
+    name), every kernel converted as its layer needs (``up`` is found to be a
+    transposed conv by its shape), every shape checked. The one thing no
+    weight file says is the order of the flatten before the linear head:
+    PyTorch flattens NCHW in (C, H, W) order, an NHWC model in (H, W, C)
+    order. ``flatten=`` says it; without it flipconv warns, and the example
+    shows the wrong logits you would get. The same from the command line:
+    ``flipconv convert model.safetensors model.msgpack --from pytorch --to flax
+    --like template.msgpack --flatten 'head=CHW:HWC:C=4,H=8,W=12'``, then
+    ``flax.serialization.from_bytes(variables, data)``.
 (b) Keep the weights exactly as PyTorch stores them and use
     ``fc.linen.Conv`` / ``fc.linen.ConvTranspose`` with
     ``convention="pytorch"`` (NCHW input, OIHW kernels, PyTorch's padding
     arithmetic). The head is a ``flax.linen.Einsum`` that holds the
-    ``(out, in)`` weight unchanged.
-
-In both cases ``fc.nest_params`` turns the flat ``{"conv1.weight": ...}`` names
-into the nested ``{"conv1": {"kernel": ...}}`` tree that linen expects.
+    ``(out, in)`` weight unchanged; ``like=`` does the renaming.
 
 Run it (needs torch and safetensors):
 
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import flax.linen as nn
@@ -50,8 +55,10 @@ N, C_IN, H, W = 2, 3, 8, 12  # a non-square input, so that H and W cannot be swa
 C_UP = 4  # channels of the feature map that is flattened
 N_CLASSES = 10
 TOL = 1e-5  # max |difference| / max |torch logits|: float32 rounding only
-# What the names do not say: `up` is a transposed conv. Globs, first match wins.
-SELECT = {"up.weight": "conv_transpose", "*": "auto"}
+# What no weight file says: the head reads a feature map flattened in (C, H, W) order by
+# torch.flatten of NCHW, and in (H, W, C) order by the NHWC Flax model.
+FLATTEN = {"head": ("CHW", "HWC", {"C": C_UP, "H": H, "W": W})}
+FLATTEN_ARG = f"head=CHW:HWC:C={C_UP},H={H},W={W}"
 
 
 class TorchNet(torch.nn.Module):
@@ -117,14 +124,13 @@ def check(checks: list[bool], ok: bool, claim: str) -> None:
   print(f"  {'ok' if ok else 'FAILED':6s} {claim}")
 
 
-def convert_with_cli(src: Path, dst: Path) -> int:
-  """``flipconv convert`` as a user runs it in a shell; returns its exit code."""
+def convert_with_cli(src: Path, dst: Path, template: Path) -> int:
+  """``flipconv convert --like`` as a user runs it in a shell; returns its exit code."""
   args = ["convert", str(src), str(dst), "--from", "pytorch", "--to", "flax"]
-  for glob, kind in SELECT.items():
-    args += ["--select", f"{glob}={kind}"]
+  args += ["--like", str(template), "--flatten", FLATTEN_ARG]
   print("  $ flipconv " + " ".join(a if "=" not in a else f"'{a}'" for a in args))
   # The `flipconv` console script is flipconv.cli:main; calling it here saves starting a
-  # second Python (`python -m flipconv.cli ...` in a subprocess does the same).
+  # second Python (`python -m flipconv ...` in a subprocess does the same).
   print("  ", end="", flush=True)
   return cli.main(args)
 
@@ -137,62 +143,65 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-  del argv  # no options
+  import argparse
+
+  argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
   torch.manual_seed(0)
   net = TorchNet().eval()
   x = np.random.default_rng(0).standard_normal((N, C_IN, H, W)).astype(np.float32)  # NCHW
   with torch.no_grad():
     y_torch = net(torch.from_numpy(x)).numpy()
-  sd = {k: v.numpy() for k, v in net.state_dict().items()}  # what the file will hold
+  state_dict = net.state_dict()  # torch tensors, as the model holds them
   print(f"PyTorch model: input {x.shape} (NCHW) -> logits {y_torch.shape}; state_dict:")
-  for k, v in sd.items():
-    print(f"  {k:18s} {v.shape}")
+  for k, v in state_dict.items():
+    print(f"  {k:18s} {tuple(v.shape)}")
   checks: list[bool] = []
+  x_nhwc = x.transpose(0, 2, 3, 1)
+
+  print("\n(a) Fill a plain flax.linen model: convert_params(..., like=variables)")
+  flax_net = FlaxNet()
+  like = flax_net.init(jax.random.key(0), x_nhwc)  # only its structure and shapes are used
+  print("  the plan: fc.plan_params(state_dict, 'pytorch', 'flax', like=like, flatten=FLATTEN)")
+  plan = fc.plan_params(state_dict, "pytorch", "flax", like=like, flatten=FLATTEN)
+  print("    " + str(plan).replace("\n", "\n    "))
+  variables = fc.convert_params(state_dict, "pytorch", "flax", like=like, flatten=FLATTEN)
+  apply = jax.jit(flax_net.apply)  # one compiled program instead of op-by-op dispatch
+  y_flax = apply(variables, x_nhwc)
+  print(f"  relative error against torch: {rel_err(y_flax, y_torch):.1e}")
+  # What forgetting the flatten order costs: flipconv warns, and the logits are wrong.
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    naive = fc.convert_params(state_dict, "pytorch", "flax", like=like)
+  warned = [w for w in caught if issubclass(w.category, fc.FlattenWarning)]
+  y_naive = apply(naive, x_nhwc)
+  print(
+    f"  without flatten=: {len(warned)} FlattenWarning, relative error "
+    f"{rel_err(y_naive, y_torch):.2f}  <- the NCHW vs NHWC flatten trap"
+  )
 
   with tempfile.TemporaryDirectory() as tmp:
     src, dst = Path(tmp) / "model.safetensors", Path(tmp) / "model_flax.msgpack"
-    safetensors.torch.save_file(net.state_dict(), str(src))
-
-    print("\n(a) Convert the file to Flax's conventions, load into plain flax.linen layers")
-    if convert_with_cli(src, dst) != 0:
+    template = Path(tmp) / "template.msgpack"
+    safetensors.torch.save_file(state_dict, str(src))
+    template.write_bytes(serialization.to_bytes(like))
+    print("\n  the same from the command line, with the model's variables as the template:")
+    if convert_with_cli(src, dst, template) != 0:
       print("flipconv convert failed.")
       return 1
-    print("  the plan, as fc.plan_params(state_dict, 'pytorch', 'flax', select=SELECT) says:")
-    plan = fc.plan_params(sd, "pytorch", "flax", select=SELECT)
-    print("    " + str(plan).replace("\n", "\n    "))
-    flat = serialization.msgpack_restore(dst.read_bytes())  # {"conv1.weight": ..., ...}
-
-  # The same conversion in memory: the file holds exactly what convert_params returns.
-  in_memory = fc.convert_params(sd, "pytorch", "flax", select=SELECT)
-  same_as_file = flat.keys() == sd.keys() and all(np.array_equal(flat[k], in_memory[k]) for k in sd)
-
-  params = fc.nest_params(flat)  # {"conv1": {"kernel": HWIO, "bias": ...}, ...}
-  x_nhwc = x.transpose(0, 2, 3, 1)
-  flax_net = jax.jit(FlaxNet().apply)  # one compiled program instead of op-by-op dispatch
-  y_naive = flax_net({"params": params}, x_nhwc)
-  # The flatten trap: the head's inputs are a (C, H, W) flatten in torch, (H, W, C) here.
-  params["head"]["kernel"] = fc.convert_linear_kernel(
-    sd["head.weight"], "pytorch", "flax", feature_shape=(C_UP, H, W)
-  )
-  y_flax = flax_net({"params": params}, x_nhwc)
-  print(
-    f"  head converted as a plain dense kernel (OI -> IO only): relative error "
-    f"{rel_err(y_naive, y_torch):.2f}  <- the NCHW vs NHWC flatten trap"
-  )
-  print(
-    f"  head converted with feature_shape=(C, H, W) = {(C_UP, H, W)}: relative error "
-    f"{rel_err(y_flax, y_torch):.1e}"
+    from_file = serialization.from_bytes(like, dst.read_bytes())
+  same_as_file = jax.tree_util.tree_all(
+    jax.tree_util.tree_map(lambda a, b: np.array_equal(a, b), from_file, variables)
   )
 
   print("\n(b) PyTorch's weights unchanged in fc.linen layers with convention='pytorch'")
-  ported = fc.nest_params(sd)  # only the names change: {"conv1": {"kernel": OIHW, ...}}
-  # The model's own params, shapes only (eval_shape: nothing is initialised or compiled).
-  shapes_as_init = jax.tree_util.tree_map(
-    lambda a: a.shape, jax.eval_shape(PortedNet().init, jax.random.key(0), x)["params"]
+  ported_like = jax.eval_shape(PortedNet().init, jax.random.key(0), x)  # shapes only
+  ported = fc.convert_params(state_dict, "pytorch", "pytorch", like=ported_like)
+  unchanged = all(
+    np.array_equal(ported["params"][m]["kernel"], state_dict[f"{m}.weight"].numpy())
+    for m in ("conv1", "depthwise", "down", "up", "head")
   )
-  shapes_ok = jax.tree_util.tree_map(lambda a: a.shape, ported) == shapes_as_init
-  y_ported = jax.jit(PortedNet().apply)({"params": ported}, x)
-  kernels = ", ".join(f"{m} {p['kernel'].shape}" for m, p in ported.items())
+  y_ported = jax.jit(PortedNet().apply)(ported, x)
+  kernels = ", ".join(f"{m} {p['kernel'].shape}" for m, p in ported["params"].items())
   print(f"  kernels as stored by PyTorch: {kernels}")
   print(f"  relative error against torch: {rel_err(y_ported, y_torch):.1e}")
 
@@ -200,23 +209,19 @@ def _main(argv: list[str] | None) -> int:
   check(
     checks,
     same_as_file,
-    "the CLI's file holds exactly what fc.convert_params returns (same names, same arrays)",
+    "the CLI's --like file loads with from_bytes into exactly what convert_params returns",
   )
   check(
     checks,
-    rel_err(y_naive, y_torch) > 0.1,
-    "without feature_shape, the converted head gives wrong logits (the flatten trap)",
+    warned and "head" in str(warned[0].message) and rel_err(y_naive, y_torch) > 0.1,
+    "without flatten=, flipconv warns about the head, whose logits are then wrong",
   )
   check(
     checks,
     rel_err(y_flax, y_torch) < TOL,
-    f"torch == flax.linen with converted weights (relative error < {TOL:g})",
+    f"torch == flax.linen filled by like= (relative error < {TOL:g})",
   )
-  check(
-    checks,
-    shapes_ok,
-    "PyTorch's state_dict has exactly the shapes of the fc.linen model's own params",
-  )
+  check(checks, unchanged, "convention='pytorch' layers hold PyTorch's kernels unchanged")
   check(
     checks,
     rel_err(y_ported, y_torch) < TOL,
