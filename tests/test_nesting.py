@@ -226,7 +226,21 @@ def test_collections_keras_names_and_lasagne_inv_std():
     "bn.mean": rand((4,)),
     "bn.inv_std": rand((4,)),
   }
-  with pytest.raises(ValueError, match="inv_std.*epsilon"):
+  with pytest.raises(ValueError, match=r"inv_std.*epsilon"):
     fc.nest_params(lasagne, collections=True)
   with pytest.raises(TypeError, match="collections"):
     fc.nest_params(keras, collections="yes")
+
+
+def test_torch_tensors_become_numpy_views():
+  torch = pytest.importorskip("torch")
+  lin = torch.nn.Linear(3, 2)  # parameters that require grad
+  params = fc.nest_params(dict(lin.state_dict(keep_vars=True)))
+  w = params["kernel"]
+  assert isinstance(w, np.ndarray)
+  np.testing.assert_array_equal(w, lin.weight.detach().numpy())
+  with torch.no_grad():
+    lin.weight[0, 0] = 42.0
+  assert w[0, 0] == 42.0  # a view, not a copy
+  out = jax.jit(lambda p: p["kernel"] @ jnp.ones(3))(params)
+  np.testing.assert_allclose(out, lin.weight.detach().numpy().sum(1), rtol=1e-6)

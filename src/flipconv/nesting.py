@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from flipconv import _porting
+from flipconv import _porting, _trees
 
 _WHERE = "nest_params"
 
@@ -44,8 +44,9 @@ def nest_params(
   every part of a key but the last names a module (a sub-dict); the last
   names the parameter and is renamed by ``rename`` (only the last part, so a
   module called ``weight`` keeps its name). Values are returned as they are
-  (the same objects), in the order of ``flat``; the result is plain dicts,
-  ready for ``module.apply({"params": nest_params(...)}, x)``.
+  (the same objects; a ``torch.Tensor`` becomes a NumPy array, a view where
+  torch allows), in the order of ``flat``; the result is plain dicts, ready
+  for ``module.apply({"params": nest_params(...)}, x)``.
 
   Indices stay strings (``"layer1.0.conv1.weight"`` gives ``{"layer1": {"0":
   ...}}``).
@@ -143,7 +144,8 @@ def nest_params(
     node = tree
     for head in path[:-1]:
       node = node.setdefault(head, {})
-    node[path[-1]] = flat[key]
+    # A torch tensor would reach jax.jit as a foreign object: hand on a NumPy view.
+    node[path[-1]] = _trees.host_array(flat[key], repr(key), _WHERE)
   return tree
 
 
