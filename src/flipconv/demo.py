@@ -399,7 +399,13 @@ def sensor_signal(n: int = 200, step: int = 100, seed: int = 0) -> tuple[np.ndar
 
 
 def exponential_taps(k: int = 24, tau: float = 5.0) -> np.ndarray:
-  """``k`` FIR taps ``exp(-j / tau)``, summing to 1: the newest sample weighs most."""
+  """``k`` FIR taps ``exp(-j / tau)``, summing to 1: the newest sample weighs most.
+
+  Examples:
+    >>> from flipconv.demo import exponential_taps
+    >>> exponential_taps(3, 1.0).round(3)
+    array([0.665, 0.245, 0.09 ], dtype=float32)
+  """
   taps = np.exp(-np.arange(k) / tau)
   return (taps / taps.sum()).astype(np.float32)
 
@@ -408,6 +414,15 @@ def filter1d(op: Callable[..., Any], x: np.ndarray, taps: np.ndarray, **kwargs: 
   """``op`` (``fc.convolve`` or ``fc.correlate``) on a series ``x[t]`` or a batch ``x[n, t]``.
 
   The series are laid out NWC with one channel (the batch is ``n``).
+
+  Examples:
+    >>> import numpy as np, flipconv as fc
+    >>> from flipconv.demo import filter1d
+    >>> x, taps = np.array([0.0, 0.0, 1.0, 0.0]), np.array([1.0, 0.5])
+    >>> filter1d(fc.convolve, x, taps, padding="CAUSAL")  # lfilter(taps, 1, x)
+    array([0. , 0. , 1. , 0.5], dtype=float32)
+    >>> filter1d(fc.correlate, x, taps, padding="CAUSAL")  # the taps backwards
+    array([0. , 0. , 0.5, 1. ], dtype=float32)
   """
   x = np.asarray(x)
   y = op(x.reshape(-1, x.shape[-1], 1), np.asarray(taps)[:, None, None], **kwargs)
@@ -415,7 +430,13 @@ def filter1d(op: Callable[..., Any], x: np.ndarray, taps: np.ndarray, **kwargs: 
 
 
 def first_move(y: np.ndarray, y_baseline: np.ndarray, tol: float = 1e-6) -> int:
-  """The first index where ``y`` differs from ``y_baseline`` by more than ``tol``."""
+  """The first index where ``y`` differs from ``y_baseline`` by more than ``tol`` (else len).
+
+  Examples:
+    >>> from flipconv.demo import first_move
+    >>> first_move([0.0, 0.0, 0.5, 1.0], [0.0, 0.0, 0.0, 0.0])
+    2
+  """
   moved = np.flatnonzero(np.abs(np.asarray(y) - np.asarray(y_baseline)) > tol)
   return int(moved[0]) if moved.size else len(y)
 
@@ -446,14 +467,10 @@ def causal_checks(
   out = {"lfilter": scipy.signal.lfilter(np.float64(taps), 1.0, np.float64(signal))}
   checks: list[Check] = []
   starts = {}
-  for op, padding in (
-    (fc.convolve, "CAUSAL"),
-    (fc.correlate, "CAUSAL"),
-    (fc.correlate, "SAME"),
-    (fc.convolve, "SAME"),
-  ):
-    y, y0 = (filter1d(op, s, taps, padding=padding) for s in (signal, baseline))
-    key = f"{op.__name__}_{padding.lower()}"
+  ops = {"convolve": fc.convolve, "correlate": fc.correlate}
+  for key in ("convolve_causal", "correlate_causal", "correlate_same", "convolve_same"):
+    op, padding = key.split("_")
+    y, y0 = (filter1d(ops[op], s, taps, padding=padding.upper()) for s in (signal, baseline))
     out[key], starts[key] = y, first_move(y, y0)
 
   err = rel_err(out["convolve_causal"], out["lfilter"])
