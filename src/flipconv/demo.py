@@ -331,7 +331,7 @@ def sobel_checks(image: np.ndarray) -> tuple[list[Check], dict[str, np.ndarray]]
     checks.append(
       (
         f"G{name}: fc.convolve(pad_mode='symmetric') == scipy.ndimage.sobel(axis={axis}) "
-        f"(its default mode='reflect'), every pixel (relative error {err:.1e})",
+        f"(default mode='reflect'), every pixel (relative error {err:.1e})",
         err < TOL,
       )
     )
@@ -341,7 +341,7 @@ def sobel_checks(image: np.ndarray) -> tuple[list[Check], dict[str, np.ndarray]]
     checks.append(
       (
         f"G{name}: fc.convolve(padding='SAME') == scipy.signal.convolve2d(mode='same') "
-        f"(both zero borders), every pixel (relative error {err:.1e})",
+        f"(zero borders), every pixel (relative error {err:.1e})",
         err < TOL,
       )
     )
@@ -359,9 +359,8 @@ def sobel_checks(image: np.ndarray) -> tuple[list[Check], dict[str, np.ndarray]]
   off = min(rel_err(ne_corr, ne), rel_err(-ne_corr, ne))
   checks.append(
     (
-      f"north-east kernel: fc.correlate is neither fc.convolve nor its negation (max "
-      f"|difference| >= {off:.2f} of max |convolve|); it is the convolution with the kernel "
-      "rotated by 180 degrees, Kirsch's south-west kernel",
+      f"north-east kernel: fc.correlate is not +-fc.convolve (off by >= {off:.2f} of max "
+      "|convolve|): it convolves with the kernel turned 180 degrees, Kirsch's south-west one",
       off > 0.1 and bool(np.array_equal(ne_corr, south_west)),
     )
   )
@@ -371,9 +370,9 @@ def sobel_checks(image: np.ndarray) -> tuple[list[Check], dict[str, np.ndarray]]
   fires, fires_corr = ne > 0.5 * ne.max(), ne_corr > 0.5 * ne_corr.max()
   checks.append(
     (
-      f"it responds to different edges: fc.convolve fires on {fires.sum()} pixels, all with "
-      f"the bright side to the north-east; fc.correlate on {fires_corr.sum()}, all with it to "
-      "the south-west; no pixel in both",
+      f"so they fire on different edges: fc.convolve on {fires.sum()} pixels, all brighter to "
+      f"the north-east; fc.correlate on {fires_corr.sum()}, all brighter to the south-west; "
+      "none on both",
       bool(fires.any() and fires_corr.any())
       and bool(np.all(facing_ne[fires] > 0) and np.all(facing_ne[fires_corr] < 0))
       and not np.any(fires & fires_corr),
@@ -483,7 +482,7 @@ def causal_checks(
   )
   checks.append(
     (
-      f"{name}: causal: nothing moves before the step at t = {step}, the response starts at it",
+      f"{name}: causal: nothing moves before the step at t = {step}; the output moves at it",
       starts["convolve_causal"] == step,
     )
   )
@@ -491,7 +490,7 @@ def causal_checks(
   if np.array_equal(taps, taps[::-1]):
     checks.append(
       (
-        f"{name}: the taps are symmetric, so fc.correlate(padding='CAUSAL') == lfilter too "
+        f"{name}: symmetric taps, so fc.correlate(padding='CAUSAL') == lfilter too "
         f"(relative error {diff:.1e}): the flip changes nothing",
         diff < TOL,
       )
@@ -499,9 +498,8 @@ def causal_checks(
   else:
     checks.append(
       (
-        f"{name}: fc.correlate(padding='CAUSAL') != lfilter: max |difference| = {diff:.2f} "
-        "of max |lfilter|; it reads no future either (nothing moves before the step) but "
-        "weighs the oldest sample most",
+        f"{name}: fc.correlate(padding='CAUSAL') != lfilter, off by {diff:.2f} of max "
+        "|lfilter|: it reads no future either, but weighs the oldest sample most",
         diff > 0.1 and starts["correlate_causal"] == step,
       )
     )
@@ -510,8 +508,8 @@ def causal_checks(
   early = step - starts["correlate_same"]
   checks.append(
     (
-      f"{name}: fc.correlate(padding='SAME') looks into the future: it responds {early} "
-      f"samples before the step (the {k // 2} samples 'SAME' pads after the end)",
+      f"{name}: fc.correlate(padding='SAME') reads the future: it responds {early} samples "
+      f"before the step ('SAME' pads {k // 2} after the end)",
       early == k // 2 > 0,
     )
   )
