@@ -6,11 +6,15 @@ is run as ``python examples/NAME.py ARGS`` would run it (``runpy`` with
 but in the test's own interpreter, which has JAX imported already: a fresh
 interpreter per example would triple the runtime. Its exit code and key lines
 of its output are asserted. The PyTorch port skips without torch or
-safetensors, the PNG one without matplotlib.
+safetensors, the PNG ones without matplotlib; the Sobel example
+uses scikit-image's photograph if it is installed and is run once more without
+it (and without PyTorch), as on a machine that lacks them.
 """
 
 from __future__ import annotations
 
+import builtins
+import importlib.util
 import runpy
 import sys
 from pathlib import Path
@@ -114,3 +118,143 @@ def test_true_convolution(tmp_path, capsys, monkeypatch):
   assert png.stat().st_size > 10_000
   # Nothing written next to the example (its default output) when --out is given.
   assert list(tmp_path.iterdir()) == [png.parent]
+
+
+def test_sobel_edges(tmp_path, capsys, monkeypatch):
+  pytest.importorskip("scipy")
+  pytest.importorskip("matplotlib")
+  photo = importlib.util.find_spec("skimage") is not None
+  png = tmp_path / "figure" / "sobel_edges.png"
+  out = run_example(
+    "sobel_edges.py", "--out", str(png), cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch
+  )
+  assert_lines(
+    out,
+    "on skimage.data.camera(), 512x512" if photo else "on a synthetic scene",
+    *(
+      f"ok     G{a}: fc.convolve(pad_mode='symmetric') == scipy.ndimage.sobel(axis={axis}) "
+      "(default mode='reflect'), every pixel"
+      for a, axis in (("x", 1), ("y", 0))
+    ),
+    "ok     Gx: fc.convolve(padding='SAME') == scipy.signal.convolve2d(mode='same')",
+    "ok     Gy: fc.convolve(padding='SAME') == scipy.signal.convolve2d(mode='same')",
+    "ok     Gx: fc.correlate == -fc.convolve exactly",
+    "ok     Gy: fc.correlate == -fc.convolve exactly",
+    "ok     north-east kernel: fc.correlate is not +-fc.convolve",
+    "ok     so they fire on different edges",
+    "ok     NCHW batch (4, 1, 256, 256) -> (4, 2, 256, 256): fc.linen.Conv(convention='pytorch')",
+    "ok     the same layer with the textbook kernels unflipped",
+    f"wrote {png}",
+  )
+  torch = importlib.util.find_spec("torch") is not None
+  if torch:
+    assert_lines(out, "ok     torch.nn.Conv2d(1, 2, 3, padding=1) with that weight")
+  assert out.count("ok     ") == 10 + torch
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert png.stat().st_size > 50_000
+  assert list(tmp_path.iterdir()) == [png.parent]
+
+
+def test_sobel_edges_without_scikit_image_or_torch(tmp_path, capsys, monkeypatch):
+  pytest.importorskip("scipy")
+  pytest.importorskip("matplotlib")
+  # `import skimage` / `import torch` raise ImportError, as where they are not installed
+  # (not None in sys.modules: SciPy looks torch up there to recognise its arrays).
+  real_import = builtins.__import__
+
+  def no_skimage_or_torch(name, *args, **kwargs):
+    if name.split(".")[0] in ("skimage", "torch"):
+      raise ImportError(f"No module named {name!r}")
+    return real_import(name, *args, **kwargs)
+
+  monkeypatch.setattr(builtins, "__import__", no_skimage_or_torch)
+  png = tmp_path / "sobel.png"
+  out = run_example(
+    "sobel_edges.py", "--out", str(png), cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch
+  )
+  assert_lines(
+    out,
+    "on a synthetic scene (pip install scikit-image for the photograph), 128x128",
+    "ok     so they fire on different edges",
+    "ok     NCHW batch (4, 1, 64, 64) -> (4, 2, 64, 64)",
+    "(PyTorch is not installed: the layer is checked against SciPy only)",
+  )
+  assert out.count("ok     ") == 10
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_causal_filter(tmp_path, capsys, monkeypatch):
+  pytest.importorskip("scipy")
+  pytest.importorskip("matplotlib")
+  png = tmp_path / "figure" / "causal_filter.png"
+  out = run_example(
+    "causal_filter.py", "--out", str(png), cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch
+  )
+  for name in ("exponential decay", "moving average"):
+    assert_lines(
+      out,
+      f"ok     {name}: fc.convolve(padding='CAUSAL') == scipy.signal.lfilter(taps, 1, x)",
+      f"ok     {name}: causal: nothing moves before the step at t = 150; the output moves at it",
+    )
+  assert_lines(
+    out,
+    "ok     exponential decay: fc.correlate(padding='CAUSAL') != lfilter, off by ",
+    "ok     exponential decay: fc.correlate(padding='SAME') reads the future: it responds 12 "
+    "samples before the step",
+    "ok     exponential decay: so does fc.convolve(padding='SAME') (12 samples early)",
+    "ok     moving average: symmetric taps, so fc.correlate(padding='CAUSAL') == lfilter",
+    "ok     moving average: fc.correlate(padding='SAME') reads the future: it responds 2 "
+    "samples before the step",
+    "ok     64 channels x 16384 samples, 1024 taps: method='auto' picks the FFT "
+    "(flipconv._auto.choose_method says 'fft'",
+    "ok     fc.convolve(padding='CAUSAL', method='auto') == scipy.signal.lfilter per channel",
+    "ok     causal in every channel",
+    "ok     gradient descent through fc.convolve learns the taps h",
+    "ok     through fc.correlate, from the mirrored start (as likely as the start itself), it "
+    "learns h reversed; every step is the mirror image of the other's",
+    "ok     so either form fits the data; what matters is moving the weights",
+    f"wrote {png}",
+  )
+  assert out.count("ok     ") == 16
+  # The correlation's difference from lfilter is of the order of the output, not rounding.
+  (line,) = [ln for ln in out.splitlines() if "!= lfilter, off by " in ln]
+  diff = line.split("off by ")[1].split()[0]
+  assert float(diff) > 0.1
+  # docs/why-flip.md quotes these numbers.
+  doc = " ".join((EXAMPLES.parent / "docs" / "why-flip.md").read_text().split())
+  assert f"differs from `lfilter` by {diff} of the output's maximum" in doc
+  assert "the correlation responds 12 samples before the step with the 24 taps, 2 with" in doc
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert png.stat().st_size > 30_000
+  assert list(tmp_path.iterdir()) == [png.parent]
+
+
+@pytest.mark.parametrize("name", ["sobel_edges.py", "causal_filter.py"])
+def test_examples_take_help(name, capsys, monkeypatch, tmp_path):
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(sys, "argv", [str(EXAMPLES / name), "--help"])
+  with pytest.raises(SystemExit) as exit_:
+    runpy.run_path(str(EXAMPLES / name), run_name="__main__")
+  assert exit_.value.code == 0
+  assert "--out OUT" in capsys.readouterr().out
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_why_flip_links_what_exists():
+  """docs/why-flip.md: every relative link resolves, every test it names exists there."""
+  import re
+
+  docs = EXAMPLES.parent / "docs"
+  text = (docs / "why-flip.md").read_text()
+  links = re.findall(r"\]\(([^)#]+)\)", text)
+  assert len(links) > 10
+  for link in links:
+    if "://" not in link:
+      assert (docs / link).resolve().exists(), link
+  named = set(re.findall(r"`(test_\w+)`", text))
+  assert len(named) >= 4
+  tests = "".join(p.read_text() for p in (EXAMPLES.parent / "tests").glob("test_*.py"))
+  for name in named:
+    assert f"def {name}(" in tests, name
+  for example in set(re.findall(r"examples/(\w+\.py)", text)):
+    assert f'"{example}"' in Path(__file__).read_text(), f"{example} is not run here"

@@ -2,11 +2,18 @@
 
 Each section prints what it shows and returns whether its checks held; the
 command's exit code is 0 only if every check held.
+
+The Sobel and causal-filter sections check the claims of
+``examples/sobel_edges.py`` and ``examples/causal_filter.py`` on small
+synthetic inputs; those examples call the same check functions
+(:func:`sobel_checks`, :func:`causal_checks`) on a photograph and on longer
+series, and draw the pictures.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -251,10 +258,306 @@ def detect_section(out: Callable[[str], None] = print) -> bool:
   return _report("detect", checks, out)
 
 
+# Shared with examples/sobel_edges.py and examples/causal_filter.py: the kernels, the
+# inputs and the checks of their claims.
+
+TOL = 1e-5  # max |difference| / max |reference|: float32 rounding only
+
+# The textbook Sobel kernels, written as convolution kernels: convolving gives the
+# derivative towards +x (right) and +y (down), as scipy.ndimage.sobel does.
+SOBEL_X = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], np.float32)
+SOBEL_Y = np.ascontiguousarray(SOBEL_X.T)
+# Kirsch's compass kernel for an edge whose bright side lies to the north-east (up and
+# right), as a convolution kernel. Unlike Sobel it is neither symmetric nor antisymmetric
+# under the flip (a 180-degree rotation), which makes it Kirsch's south-west kernel.
+NORTH_EAST = np.array([[-3, -3, -3], [5, 0, -3], [5, 5, -3]], np.float32)
+# A 5-tap moving average: symmetric, so the flip changes nothing.
+MOVING_AVERAGE = np.full(5, 0.2, np.float32)
+
+
+def rel_err(a: Any, b: Any) -> float:
+  """``max |a - b| / max |b|`` (inf if the shapes differ)."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if a.shape != b.shape:
+    return float("inf")
+  return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def synthetic_scene(size: int = 48) -> np.ndarray:
+  """A bright square and a grey disc on a dark ground: edges in every direction.
+
+  Returns:
+    A ``(size, size)`` float32 image, values in [0, 1].
+  """
+  yy, xx = np.mgrid[:size, :size]
+  image = np.zeros((size, size), np.float32)
+  image[size // 6 : size // 2, size // 6 : size // 2] = 1.0
+  image[(yy - 0.65 * size) ** 2 + (xx - 0.65 * size) ** 2 < (0.2 * size) ** 2] = 0.6
+  return image
+
+
+def filter2d(op: Callable[..., Any], image: np.ndarray, kernel: np.ndarray, **kwargs: Any):
+  """``op`` (``fc.convolve`` or ``fc.correlate``) on one grey ``(H, W)`` image, as NHWC."""
+  kwargs.setdefault("padding", "SAME")
+  return np.asarray(op(image[None, :, :, None], kernel[:, :, None, None], **kwargs))[0, :, :, 0]
+
+
+def sobel_checks(image: np.ndarray) -> tuple[list[Check], dict[str, np.ndarray]]:
+  """The Sobel claims on a grey image: convolve is the gradient, correlate its negation.
+
+  Args:
+    image: a ``(H, W)`` float32 image.
+
+  Returns:
+    ``(checks, maps)``: the checks, and the maps ``"gx"``, ``"gy"`` (fc.convolve),
+    ``"gx_corr"``, ``"gy_corr"`` (fc.correlate), ``"ne"``, ``"ne_corr"`` (the
+    north-east kernel under each), all with ``padding="SAME"`` and
+    ``pad_mode="symmetric"``.
+  """
+  import scipy.ndimage
+  import scipy.signal
+
+  import flipconv as fc
+
+  # scipy.ndimage.sobel's default border, mode="reflect" (dcba|abcd|dcba), is
+  # flipconv's "symmetric"; flipconv's "reflect" (dcb|abcd|cba) is ndimage's "mirror".
+  sym = dict(padding="SAME", pad_mode="symmetric")
+  maps: dict[str, np.ndarray] = {}
+  checks: list[Check] = []
+  for name, kernel, axis in (("x", SOBEL_X, 1), ("y", SOBEL_Y, 0)):
+    conv = maps[f"g{name}"] = filter2d(fc.convolve, image, kernel, **sym)
+    corr = maps[f"g{name}_corr"] = filter2d(fc.correlate, image, kernel, **sym)
+    err = rel_err(conv, scipy.ndimage.sobel(image, axis=axis))
+    checks.append(
+      (
+        f"G{name}: fc.convolve(pad_mode='symmetric') == scipy.ndimage.sobel(axis={axis}) "
+        f"(default mode='reflect'), every pixel (relative error {err:.1e})",
+        err < TOL,
+      )
+    )
+    err = rel_err(
+      filter2d(fc.convolve, image, kernel), scipy.signal.convolve2d(image, kernel, "same")
+    )
+    checks.append(
+      (
+        f"G{name}: fc.convolve(padding='SAME') == scipy.signal.convolve2d(mode='same') "
+        f"(zero borders), every pixel (relative error {err:.1e})",
+        err < TOL,
+      )
+    )
+    checks.append(
+      (
+        f"G{name}: fc.correlate == -fc.convolve exactly: the flip of a Sobel kernel is its "
+        "negation",
+        bool(np.array_equal(corr, -conv)),
+      )
+    )
+
+  ne = maps["ne"] = filter2d(fc.convolve, image, NORTH_EAST, **sym)
+  ne_corr = maps["ne_corr"] = filter2d(fc.correlate, image, NORTH_EAST, **sym)
+  south_west = filter2d(fc.convolve, image, NORTH_EAST[::-1, ::-1].copy(), **sym)
+  off = min(rel_err(ne_corr, ne), rel_err(-ne_corr, ne))
+  checks.append(
+    (
+      f"north-east kernel: fc.correlate is not +-fc.convolve (off by >= {off:.2f} of max "
+      "|convolve|): it convolves with the kernel turned 180 degrees, Kirsch's south-west one",
+      off > 0.1 and bool(np.array_equal(ne_corr, south_west)),
+    )
+  )
+  # Where each fires (over half its maximum), which way does the brightness rise?
+  # The Sobel gradient (gx, gy) points to the bright side (y down); north-east is (1, -1).
+  facing_ne = (maps["gx"] - maps["gy"]) / np.sqrt(2.0)
+  fires, fires_corr = ne > 0.5 * ne.max(), ne_corr > 0.5 * ne_corr.max()
+  checks.append(
+    (
+      f"so they fire on different edges: fc.convolve on {fires.sum()} pixels, all brighter to "
+      f"the north-east; fc.correlate on {fires_corr.sum()}, all brighter to the south-west; "
+      "none on both",
+      bool(fires.any() and fires_corr.any())
+      and bool(np.all(facing_ne[fires] > 0) and np.all(facing_ne[fires_corr] < 0))
+      and not np.any(fires & fires_corr),
+    )
+  )
+  return checks, maps
+
+
+def sensor_signal(n: int = 200, step: int = 100, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """A synthetic sensor reading: a slow drift with noise, spikes, and a unit step at ``step``.
+
+  Returns:
+    ``(signal, baseline)``: float32 arrays of length ``n``; ``baseline`` is the same
+    signal without the step, so ``signal - baseline`` is 0 before ``step`` and 1 from it.
+  """
+  rng = np.random.default_rng(seed)
+  t = np.arange(n)
+  baseline = 0.15 * np.sin(2 * np.pi * t / n) + 0.02 * rng.standard_normal(n)
+  for at in (n // 6, n // 3, (3 * n) // 4, (7 * n) // 8):  # spikes, away from the step
+    baseline[at] += 0.8
+  signal = baseline + (t >= step)
+  return signal.astype(np.float32), baseline.astype(np.float32)
+
+
+def exponential_taps(k: int = 24, tau: float = 5.0) -> np.ndarray:
+  """``k`` FIR taps ``exp(-j / tau)``, summing to 1: the newest sample weighs most.
+
+  Examples:
+    >>> from flipconv.demo import exponential_taps
+    >>> exponential_taps(3, 1.0).round(3)
+    array([0.665, 0.245, 0.09 ], dtype=float32)
+  """
+  taps = np.exp(-np.arange(k) / tau)
+  return (taps / taps.sum()).astype(np.float32)
+
+
+def filter1d(op: Callable[..., Any], x: np.ndarray, taps: np.ndarray, **kwargs: Any):
+  """``op`` (``fc.convolve`` or ``fc.correlate``) on a series ``x[t]`` or a batch ``x[n, t]``.
+
+  The series are laid out NWC with one channel (the batch is ``n``).
+
+  Examples:
+    >>> import numpy as np, flipconv as fc
+    >>> from flipconv.demo import filter1d
+    >>> x, taps = np.array([0.0, 0.0, 1.0, 0.0]), np.array([1.0, 0.5])
+    >>> filter1d(fc.convolve, x, taps, padding="CAUSAL")  # lfilter(taps, 1, x)
+    array([0. , 0. , 1. , 0.5], dtype=float32)
+    >>> filter1d(fc.correlate, x, taps, padding="CAUSAL")  # the taps backwards
+    array([0. , 0. , 0.5, 1. ], dtype=float32)
+  """
+  x = np.asarray(x)
+  y = op(x.reshape(-1, x.shape[-1], 1), np.asarray(taps)[:, None, None], **kwargs)
+  return np.asarray(y)[..., 0].reshape(*x.shape[:-1], -1)
+
+
+def first_move(y: np.ndarray, y_baseline: np.ndarray, tol: float = 1e-6) -> int:
+  """The first index where ``y`` differs from ``y_baseline`` by more than ``tol`` (else len).
+
+  Examples:
+    >>> from flipconv.demo import first_move
+    >>> first_move([0.0, 0.0, 0.5, 1.0], [0.0, 0.0, 0.0, 0.0])
+    2
+  """
+  moved = np.flatnonzero(np.abs(np.asarray(y) - np.asarray(y_baseline)) > tol)
+  return int(moved[0]) if moved.size else len(y)
+
+
+def causal_checks(
+  signal: np.ndarray, baseline: np.ndarray, step: int, taps: np.ndarray, name: str
+) -> tuple[list[Check], dict[str, np.ndarray], dict[str, int]]:
+  """The causal-filter claims for one FIR filter on a series with a step at ``step``.
+
+  Args:
+    signal: the series, float32.
+    baseline: the same series without the step.
+    step: where the step is.
+    taps: the FIR taps (``lfilter(taps, 1, x)``: ``taps[0]`` weighs the newest sample).
+    name: the filter's name for the printed claims.
+
+  Returns:
+    ``(checks, outputs, starts)``: the checks; the outputs ``"lfilter"``,
+    ``"convolve_causal"``, ``"correlate_causal"``, ``"correlate_same"``,
+    ``"convolve_same"`` for ``signal``; and for each fc output, the first ``t`` where
+    it differs from the same filter's output for ``baseline`` (where the step shows).
+  """
+  import scipy.signal
+
+  import flipconv as fc
+
+  k = len(taps)
+  out = {"lfilter": scipy.signal.lfilter(np.float64(taps), 1.0, np.float64(signal))}
+  checks: list[Check] = []
+  starts = {}
+  ops = {"convolve": fc.convolve, "correlate": fc.correlate}
+  for key in ("convolve_causal", "correlate_causal", "correlate_same", "convolve_same"):
+    op, padding = key.split("_")
+    y, y0 = (filter1d(ops[op], s, taps, padding=padding.upper()) for s in (signal, baseline))
+    out[key], starts[key] = y, first_move(y, y0)
+
+  err = rel_err(out["convolve_causal"], out["lfilter"])
+  checks.append(
+    (
+      f"{name}: fc.convolve(padding='CAUSAL') == scipy.signal.lfilter(taps, 1, x) "
+      f"(relative error {err:.1e})",
+      err < TOL,
+    )
+  )
+  checks.append(
+    (
+      f"{name}: causal: nothing moves before the step at t = {step}; the output moves at it",
+      starts["convolve_causal"] == step,
+    )
+  )
+  diff = rel_err(out["correlate_causal"], out["lfilter"])
+  if np.array_equal(taps, taps[::-1]):
+    checks.append(
+      (
+        f"{name}: symmetric taps, so fc.correlate(padding='CAUSAL') == lfilter too "
+        f"(relative error {diff:.1e}): the flip changes nothing",
+        diff < TOL,
+      )
+    )
+  else:
+    checks.append(
+      (
+        f"{name}: fc.correlate(padding='CAUSAL') != lfilter, off by {diff:.2f} of max "
+        "|lfilter|: it reads no future either, but weighs the oldest sample most",
+        diff > 0.1 and starts["correlate_causal"] == step,
+      )
+    )
+  # 'SAME' pads k - 1 samples, (k - 1) // 2 before and k // 2 after the series: each
+  # output reads k // 2 samples of the future.
+  early = step - starts["correlate_same"]
+  checks.append(
+    (
+      f"{name}: fc.correlate(padding='SAME') reads the future: it responds {early} samples "
+      f"before the step ('SAME' pads {k // 2} after the end)",
+      early == k // 2 > 0,
+    )
+  )
+  checks.append(
+    (
+      f"{name}: so does fc.convolve(padding='SAME') ({step - starts['convolve_same']} samples "
+      "early): causality takes the flip and padding='CAUSAL'",
+      step - starts["convolve_same"] == k // 2,
+    )
+  )
+  return checks, out, starts
+
+
+def sobel_section(out: Callable[[str], None] = print) -> bool:
+  """Sobel edges (examples/sobel_edges.py in small): for Sobel kernels the flip is a sign."""
+  number = SECTIONS.index(sobel_section) + 1 if sobel_section in SECTIONS else "*"
+  out(f"{number}. Sobel edges: what the flip does to an edge detector")
+  image = synthetic_scene()
+  out(
+    "   the textbook Sobel kernels as convolution kernels (Gx below, Gy = Gx.T) on a\n"
+    f"   {image.shape[0]}x{image.shape[1]} square-and-disc image:"
+  )
+  out(_grid(SOBEL_X))
+  checks, _ = sobel_checks(image)
+  return _report("sobel", checks, out)
+
+
+def causal_section(out: Callable[[str], None] = print) -> bool:
+  """A causal FIR filter (examples/causal_filter.py in small): the flip is causality."""
+  number = SECTIONS.index(causal_section) + 1 if causal_section in SECTIONS else "*"
+  out(f"{number}. A time series: the flip is causality")
+  taps = exponential_taps()
+  signal, baseline = sensor_signal()
+  step = int(np.flatnonzero(signal != baseline)[0])
+  out(
+    f"   {len(signal)} samples with spikes and a step at t = {step}; {len(taps)} FIR taps "
+    f"exp(-j / 5), first ones:\n    " + " ".join(f"{v:.3f}" for v in taps[:6]) + " ..."
+  )
+  checks, _, _ = causal_checks(signal, baseline, step, taps, "exponential decay")
+  return _report("causal", checks, out)
+
+
 SECTIONS: list[Callable[[Callable[[str], None]], bool]] = [
   flip_section,
   checkpoint_section,
   detect_section,
+  sobel_section,
+  causal_section,
 ]
 
 
@@ -268,7 +571,8 @@ def run(out: Callable[[str], None] = print) -> int:
   out("All checks held." if ok else "Some checks FAILED.")
   out(
     "More, in a clone of the repository: examples/true_convolution.py (a picture of convolve "
-    "vs correlate),\nexamples/port_pytorch_cnn.py, examples/lasagne_weights.py, "
-    "examples/sharded_training.py."
+    "vs correlate),\nexamples/sobel_edges.py and examples/causal_filter.py (the two sections "
+    "above, with pictures),\nexamples/port_pytorch_cnn.py, examples/lasagne_weights.py, "
+    "examples/sharded_training.py; docs/why-flip.md."
   )
   return 0 if ok else 1
