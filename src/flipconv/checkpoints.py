@@ -499,7 +499,11 @@ class MsgpackReader(Reader):
       raise self._error("it is empty")
     try:
       self.tree = serialization.msgpack_restore(data)
-    except Exception as e:  # msgpack raises many types for bad input, RecursionError included
+    except Exception as e:  # msgpack raises many types for bad input
+      if isinstance(e, RecursionError) or type(e).__name__ == "StackError":
+        raise self._error(
+          "it is nested too deeply to read (msgpack and Flax stop near 1000)"
+        ) from None
       raise self._error(_first_line(e)) from None
     if not isinstance(self.tree, dict):
       raise self._error(f"it holds a {type(self.tree).__name__}, not a dict of arrays")
@@ -1028,6 +1032,10 @@ def _write_npz(
         raise CheckpointError(f"{path!r}: tensor {info.name!r} holds Python objects.")
       with zf.open(info.name + ".npy", "w", force_zip64=True) as member:
         header = fmt.header_data_from_array_1_0(arr)
+        if arr.dtype.type.__module__ == "ml_dtypes":
+          # NumPy names some of these ('<f1' for float8_e5m2, '<c4' for complex32) with
+          # descriptors it cannot read back; raw bytes keep the bits readable.
+          header["descr"] = f"|V{arr.dtype.itemsize}"
         try:
           fmt.write_array_header_1_0(member, header)
         except ValueError:  # a header over 64 kB (huge structured dtypes)
