@@ -682,6 +682,8 @@ def test_writers_refuse_two_tensors_of_one_name_and_names_that_nest_onto_each_ot
     with pytest.raises(ck.CheckpointError, match="two tensors are named 'w'"):
       ck.write_checkpoint(path, [info, info], [np.ones(2, np.float32)] * 2)
     assert not path.exists() and not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+  with pytest.raises(ck.CheckpointError, match="__metadata__"):
+    ck.save(tmp_path / "m.safetensors", {"__metadata__": np.ones(1), "w": np.ones(1)})
   with pytest.raises(ck.CheckpointError, match=r"'a'.*'a/b'"):
     ck.save(tmp_path / "n.msgpack", {"a": np.ones(1), "a/b": np.ones(1)})
   with pytest.raises(ck.CheckpointError, match=r"'a/b/c'.*'a/b'"):

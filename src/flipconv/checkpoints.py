@@ -988,6 +988,10 @@ def _write_safetensors(
     header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
   pos = 0
   for info in infos:
+    if info.name == "__metadata__":  # the header key safetensors reserves for metadata
+      raise CheckpointError(
+        f"{path!r}: a tensor named '__metadata__' cannot be stored in safetensors; rename it."
+      )
     dtype = info.dtype.newbyteorder("=") if info.dtype.byteorder == ">" else info.dtype
     if dtype not in _ST_NAMES:
       raise CheckpointError(
