@@ -23,7 +23,7 @@ import zipfile
 import ml_dtypes
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from flipconv import checkpoints as ck
@@ -312,6 +312,60 @@ def test_npz_deflate_member_claiming_more_than_deflate_can_expand(tmp_path):
   with pytest.raises(ck.CheckpointError, match="more than deflate can expand") as e:
     ck.open_checkpoint(path)
   assert "bomb.npz" in str(e.value) and "\n" not in str(e.value)
+
+
+@given(
+  suffix=st.sampled_from([".npz", ".msgpack", ".safetensors"]),
+  compressed=st.booleans(),
+  cuts=st.lists(
+    st.tuples(
+      st.integers(0, 120) | st.integers(0, 10**6),  # mostly in the first header
+      st.sampled_from(b"{}()[],:'\"-0123456789e. \n\xff\x00") | st.integers(0, 255),
+    ),
+    min_size=1,
+    max_size=4,
+  ),
+  truncate=st.booleans(),
+)
+# The .npy header's "(" of the shape made "x": NumPy's parser raises tokenize's TokenError.
+@example(suffix=".npz", compressed=False, cuts=[(50, ord("x"))], truncate=False)
+@settings(SETTINGS, max_examples=80)
+def test_corrupted_files_read_as_the_reference_reads_them_or_are_refused(
+  tmp_path, suffix, compressed, cuts, truncate
+):
+  """Bytes flipped or cut anywhere: the same arrays as NumPy / Flax / safetensors read, or a
+  CheckpointError naming the file; never another exception."""
+  from flax import serialization
+  from safetensors.numpy import load as st_load
+
+  tensors = {"conv.weight": rand((2, 3, 2, 2), 1), "b": np.arange(5, dtype=np.int16)}
+  path = tmp_path / f"f{suffix}"
+  if suffix == ".npz":
+    (np.savez_compressed if compressed else np.savez)(path, **tensors)
+  else:
+    ck.save(path, tensors)
+  blob = bytearray(path.read_bytes())
+  base = {".npz": max(blob.find(b"{'descr'"), 0), ".safetensors": 8}.get(suffix, 0)
+  for at, value in cuts:
+    blob[(base + at) % len(blob)] = value
+  if truncate:
+    blob = blob[: cuts[0][0] % len(blob)]
+  path.write_bytes(bytes(blob))
+  try:
+    got = ck.load(path)
+  except ck.CheckpointError as e:
+    assert str(path) in str(e) and "\n" not in str(e)
+    return
+  if suffix == ".npz":
+    with np.load(path) as z:
+      want = {k: z[k] for k in z.files}
+  elif suffix == ".msgpack":
+    want = {"/".join(map(str, k)): v for k, v in ck._walk(serialization.msgpack_restore(blob))}
+  else:
+    want = st_load(bytes(blob))
+  assert set(got) == set(want)
+  for k, v in want.items():
+    np.testing.assert_array_equal(got[k], v)
 
 
 # ---------------------------------------------------------------------------

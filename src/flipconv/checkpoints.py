@@ -29,7 +29,6 @@ import sys
 import tempfile
 import threading
 import zipfile
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
@@ -400,7 +399,7 @@ class NpzReader(Reader):
         f"{self.path!r}: array {name!r} ({self._members[name].file_size:,} bytes) does not "
         "fit in memory."
       ) from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    except Exception as e:  # BadZipFile (a bad CRC), zlib.error, EOFError, an encrypted member ...
       raise self._error(f"array {name!r} cannot be read ({_first_line(e)})") from None
 
   def close(self) -> None:
@@ -602,20 +601,20 @@ def _torch_to_numpy(t: Any, name: str, path: str) -> np.ndarray:
       "dense tensor of a NumPy or ml_dtypes dtype."
     )
 
+  kind = str(t.dtype).removeprefix("torch.")
   if t.layout != torch.strided:
     raise refuse(f"a sparse tensor ({str(t.layout).removeprefix('torch.')})")
   if t.is_quantized:
-    raise refuse(f"a quantized tensor ({str(t.dtype).removeprefix('torch.')})")
-  t = t.detach().cpu().contiguous()
-  kind = str(t.dtype).removeprefix("torch.")
-  ml = getattr(ml_dtypes, kind, None)
-  if ml is not None and np.dtype(ml).itemsize == t.element_size():
-    # NumPy has no such dtype; reinterpret the bytes (same bits, same order).
-    return t.view(torch.uint8).numpy().view(ml).reshape(tuple(t.shape))
+    raise refuse(f"a quantized tensor ({kind})")
   try:
+    t = t.detach().cpu().contiguous()
+    ml = getattr(ml_dtypes, kind, None)
+    if ml is not None and np.dtype(ml).itemsize == t.element_size():
+      # NumPy has no such dtype; reinterpret the bytes (same bits, same order).
+      return t.view(torch.uint8).numpy().view(ml).reshape(tuple(t.shape))
     return t.numpy()
-  except (TypeError, RuntimeError):
-    raise refuse(f"of dtype {kind}") from None
+  except Exception as e:  # no NumPy dtype (float4_e2m1fn_x2), a nested or meta tensor ...
+    raise refuse(f"of dtype {kind} ({_first_line(e)})") from None
 
 
 class OnnxReader(Reader):
