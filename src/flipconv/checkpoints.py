@@ -617,6 +617,9 @@ def _torch_to_numpy(t: Any, name: str, path: str) -> np.ndarray:
     raise refuse(f"of dtype {kind} ({_first_line(e)})") from None
 
 
+_ONNX_PACKED_BITS = {"INT4": 4, "UINT4": 4, "FLOAT4E2M1": 4, "INT2": 2, "UINT2": 2}
+
+
 class OnnxReader(Reader):
   """An ONNX model's initializers (its weights), each a tensor named as in the graph.
 
@@ -688,6 +691,16 @@ class OnnxReader(Reader):
       raise self._error(f"initializer {name!r} holds {arr.shape}, not its declared {info.shape}")
     return arr
 
+  def _nbytes(self, proto: Any) -> int:
+    """The bytes an initializer's data takes as raw data (4- and 2-bit types are packed)."""
+    import onnx
+
+    packed = {getattr(onnx.TensorProto, k, None): b for k, b in _ONNX_PACKED_BITS.items()}
+    count = math.prod(proto.dims)
+    if proto.data_type in packed:
+      return -(-count * packed[proto.data_type] // 8)
+    return count * self._infos[proto.name].dtype.itemsize
+
   def _external(self, proto: Any) -> bytes:
     fields = {e.key: e.value for e in proto.external_data}
     name = proto.name
@@ -709,17 +722,23 @@ class OnnxReader(Reader):
     except ValueError:
       raise self._error(f"initializer {name!r}: bad external data offset/length {fields}") from None
     try:
+      st = os.stat(target)  # before opening: a FIFO would block the open itself
+      if not stat.S_ISREG(st.st_mode):
+        raise self._error(f"initializer {name!r}: {location!r} is not a regular file")
+      if length is None:
+        length = st.st_size - offset
+      if offset < 0 or length < 0 or offset + length > st.st_size:
+        raise self._error(
+          f"initializer {name!r}: bytes {offset}..{offset + length} lie outside "
+          f"{location!r} ({st.st_size} bytes)"
+        )
+      want = self._nbytes(proto)
+      if length != want:
+        raise self._error(
+          f"initializer {name!r}: its external data holds {length} bytes, not the "
+          f"{want} its type and shape need"
+        )
       with open(target, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-          raise self._error(f"initializer {name!r}: {location!r} is not a regular file")
-        if length is None:
-          length = st.st_size - offset
-        if offset < 0 or length < 0 or offset + length > st.st_size:
-          raise self._error(
-            f"initializer {name!r}: bytes {offset}..{offset + length} lie outside "
-            f"{location!r} ({st.st_size} bytes)"
-          )
         f.seek(offset)
         data = f.read(length)
     except OSError as e:

@@ -5,8 +5,9 @@ pairs: ``add_parser(subparsers)`` adds the sub-command's parser and sets
 ``func``, which takes the parsed arguments and returns the exit code. To add
 one, append a pair (``COMMANDS.append(("detect", _add_detect))``).
 
-Exit codes: 0 success, 1 a check failed (``demo``), 2 a usage or file error
-(one line on stderr, no traceback).
+Exit codes: 0 success, 1 no match (``detect``) or a failed check (``demo``),
+2 any error: a usage or file error, or any other failure (one line on stderr,
+never a traceback); 130 Ctrl-C, 143 SIGTERM (a partial output is removed).
 """
 
 from __future__ import annotations
@@ -269,12 +270,10 @@ def _add_demo(sub: Any) -> argparse.ArgumentParser:
 _DETECT_ARRAYS = ("x", "kernel", "y", "bias")
 
 
-def _kwargs_str(kwargs: Any) -> str:
-  return " ".join(f"{k}={v!r}" for k, v in kwargs.items())
-
-
 def format_matches(matches: Sequence[Any]) -> list[str]:
   """The matches as a small table (one row each, notes below), as ``flipconv detect`` prints."""
+  from flipconv.detect import _kwargs_str
+
   rows = [("#", "convention", "flip", "layout", "kernel", "error", "arguments")]
   for i, m in enumerate(matches, 1):
     args = {k: v for k, v in m.kwargs.items() if k not in ("flip", "layout", "kernel_layout")}
@@ -333,7 +332,8 @@ def _detect(args: argparse.Namespace) -> int:
     raise ValueError(" ".join(str(e).split()).removeprefix(f"{detect._WHERE}: ")) from None
   shapes = ", ".join(f"{k} {_shape(v.shape)}" for k, v in arrays.items())
   kind = "transposed conv" if transposed else "conv"
-  print(f"{args.file}: {kind}, {shapes}" + (f", fixed {_kwargs_str(fixed)}" if fixed else ""))
+  fixed_str = f", fixed {detect._kwargs_str(fixed)}" if fixed else ""
+  print(f"{args.file}: {kind}, {shapes}{fixed_str}")
   if result.matches:
     for line in format_matches(result.matches):
       print(line)
