@@ -432,6 +432,7 @@ def test_allow_pickle_reads_float8_and_bfloat16_bit_for_bit(tmp_path, capsys, ki
   np.testing.assert_array_equal(got.view(bits.dtype), bits.transpose(2, 3, 1, 0))  # OIHW->HWIO
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torch: sparse CSR is beta, qint8 deprecated
 @pytest.mark.parametrize("make", ["sparse_coo", "sparse_csr", "quantized", "float4_e2m1fn_x2"])
 def test_allow_pickle_refuses_what_it_cannot_read_in_one_line(tmp_path, capsys, make):
   torch = pytest.importorskip("torch")

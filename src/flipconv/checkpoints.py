@@ -565,8 +565,8 @@ class PickleReader(Reader):
       where[name] = keys
       if isinstance(leaf, torch.Tensor):
         arr = _torch_to_numpy(leaf, name, path)
-      elif isinstance(leaf, (int, float, bool)) and not isinstance(leaf, str):
-        arr = np.asarray(leaf)
+      elif isinstance(leaf, (int, float, bool)) and not np.asarray(leaf).dtype.hasobject:
+        arr = np.asarray(leaf)  # (an int past 64 bits has no dtype: skipped, below)
       else:
         self.notes.append(f"{name}: a {type(leaf).__name__}, skipped (not a tensor)")
         continue
@@ -1103,11 +1103,10 @@ def _write_msgpack(
   on_bytes(sum(i.nbytes for i in infos))
   try:
     data = serialization.msgpack_serialize(tree)
-  except (RecursionError, ValueError) as e:  # msgpack's own depth limit raises ValueError
-    raise CheckpointError(
-      f"{path!r}: cannot write the tree as msgpack ({_first_line(e)}); it is nested too "
-      "deeply for msgpack (about 500 levels)."
-    ) from None
+  except RecursionError:
+    raise CheckpointError(f"{path!r}: the tree is nested too deeply to write as msgpack.") from None
+  except Exception as e:  # msgpack's depth limit (ValueError), an int past 64 bits ...
+    raise CheckpointError(f"{path!r}: cannot write it as msgpack ({_first_line(e)}).") from None
   f.write(data)
 
 
