@@ -105,18 +105,18 @@ def test_dry_run_prints_the_plan_that_convert_then_carries_out(tmp_path):
     m = re.match(r"(\S+)\s+(conv|conv_transpose|linear)\s+(\(.*?\))\s+->\s+(\(.*?\))\s+(.*)$", line)
     if m:
       planned[m[1]] = (m[2], ast.literal_eval(m[3]), ast.literal_eval(m[4]), m[5])
-  assert set(planned) == {"encoder/conv/weight", "decoder/deconv/weight"}  # both IO dense
+  # Named as in the file, in its order; head.weight is IO dense in both conventions.
+  assert list(planned) == ["encoder.conv.weight", "decoder.deconv.weight"]
   real = flipconv("convert", src, dst, "--from", "lasagne", "--to", "tensorflow")
   assert real.returncode == 0, real.stderr
   out = np.load(dst)
-  for path, (_, old, new, what) in planned.items():
-    name = path.replace("/", ".")
+  for name, (_, old, new, what) in planned.items():
     assert sd[name].shape == old and out[name].shape == new
     assert "flip H W" in what  # Lasagne's true convolution -> TensorFlow's correlation
     perm = tuple(int(a) for a in re.search(r"transpose \(([\d, ]+)\)", what)[1].split(","))
     expected = sd[name].transpose(perm)[::-1, ::-1]  # HWIO: spatial axes first
     np.testing.assert_array_equal(out[name], expected)
-  assert planned["decoder/deconv/weight"][0] == "conv_transpose"
+  assert planned["decoder.deconv.weight"][0] == "conv_transpose"
   np.testing.assert_array_equal(out["head.weight"], sd["head.weight"])
 
 

@@ -5,14 +5,16 @@ pairs: ``add_parser(subparsers)`` adds the sub-command's parser and sets
 ``func``, which takes the parsed arguments and returns the exit code. To add
 one, append a pair (``COMMANDS.append(("detect", _add_detect))``).
 
-Exit codes: 0 success, 1 a check failed (``demo``), 2 a usage or file error
-(one line on stderr, no traceback).
+Exit codes: 0 success, 1 no match (``detect``) or a failed check (``demo``),
+2 any error: a usage or file error, or any other failure (one line on stderr,
+never a traceback); 130 Ctrl-C, 143 SIGTERM (a partial output is removed).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -173,10 +175,7 @@ def _add_convert(sub: Any) -> argparse.ArgumentParser:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-  from jax.tree_util import DictKey
-
   from flipconv.checkpoints import open_checkpoint, plan_file
-  from flipconv.params import path_parts
 
   if (args.src_convention is None) != (args.dst_convention is None):
     args.parser.error("give both --from and --to, or neither")
@@ -212,8 +211,7 @@ def _inspect(args: argparse.Namespace) -> int:
         c = by_name[t.name].change
         what = f"{c.kind} -> {_shape(c.new_shape)}  {c.describe()}"
       elif planned:
-        path = "/".join(path_parts([DictKey(t.name)]))
-        what = f"? {unclassified[path].reason}" if path in unclassified else "-"
+        what = f"? {unclassified[t.name].reason}" if t.name in unclassified else "-"
       rows.append((t.name, str(t.dtype), _shape(t.shape), what))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
@@ -242,7 +240,7 @@ def _add_inspect(sub: Any) -> argparse.ArgumentParser:
     description="Names, dtypes and shapes of a checkpoint's tensors, its size and metadata; "
     "with --from and --to, the conversion planned for each tensor.",
   )
-  p.add_argument("file", metavar="FILE", help="a .npz, .safetensors or .msgpack file")
+  p.add_argument("file", metavar="FILE", help="a .npz, .safetensors, .msgpack or .onnx file")
   p.add_argument("--from", dest="src_convention", type=_convention, metavar="CONV")
   p.add_argument("--to", dest="dst_convention", type=_convention, metavar="CONV")
   _add_common(p)
@@ -266,10 +264,118 @@ def _add_demo(sub: Any) -> argparse.ArgumentParser:
   return p
 
 
-def _add_detect(sub: Any) -> argparse.ArgumentParser:
-  from flipconv.detect import add_detect_parser
+# ---------------------------------------------------------------------------
+# detect
 
-  return add_detect_parser(sub)
+_DETECT_ARRAYS = ("x", "kernel", "y", "bias")
+
+
+def format_matches(matches: Sequence[Any]) -> list[str]:
+  """The matches as a small table (one row each, notes below), as ``flipconv detect`` prints."""
+  from flipconv.detect import _kwargs_str
+
+  rows = [("#", "convention", "flip", "layout", "kernel", "error", "arguments")]
+  for i, m in enumerate(matches, 1):
+    args = {k: v for k, v in m.kwargs.items() if k not in ("flip", "layout", "kernel_layout")}
+    rows.append(
+      (
+        str(i),
+        " = ".join(m.names) or "(none)",
+        str(m.flip),
+        m.layout,
+        m.kernel_layout,
+        f"{m.error:.1e}",
+        _kwargs_str(args),
+      )
+    )
+  widths = [max(len(r[c]) for r in rows) for c in range(6)]
+  lines = []
+  for r, m in zip(rows, [None, *matches], strict=True):
+    lines.append(("  ".join(r[c].ljust(widths[c]) for c in range(6)) + "  " + r[6]).rstrip())
+    # The convention column already lists the equivalent conventions.
+    note = "; ".join(
+      part
+      for part in (m.note.split("; ") if m is not None else ())
+      if not part.endswith("the same here (same flip and layouts)")
+    )
+    if note:
+      lines.append(" " * (widths[0] + 2) + "note: " + note)
+  return lines
+
+
+def _detect(args: argparse.Namespace) -> int:
+  from flipconv import detect
+  from flipconv.checkpoints import read_layer_file
+
+  arrays, fixed = read_layer_file(
+    args.file,
+    arrays=_DETECT_ARRAYS,
+    required=("x", "kernel", "y"),
+    args=("transposed", *detect._FIXABLE),
+  )
+  transposed = fixed.pop("transposed", False)
+  candidates = (
+    [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
+  )
+  try:
+    result = detect.search(
+      arrays["x"],
+      arrays["kernel"],
+      arrays["y"],
+      bias=arrays.get("bias"),
+      transposed=transposed,
+      candidates=candidates,
+      rtol=args.rtol,
+      **fixed,
+    )
+  except (ValueError, TypeError) as e:
+    raise ValueError(" ".join(str(e).split()).removeprefix(f"{detect._WHERE}: ")) from None
+  shapes = ", ".join(f"{k} {_shape(v.shape)}" for k, v in arrays.items())
+  kind = "transposed conv" if transposed else "conv"
+  fixed_str = f", fixed {detect._kwargs_str(fixed)}" if fixed else ""
+  print(f"{args.file}: {kind}, {shapes}{fixed_str}")
+  if result.matches:
+    for line in format_matches(result.matches):
+      print(line)
+    return 0
+  print(f"no convention reproduces y within rtol {result.rtol:.1e}.")
+  print(
+    f"tried: {', '.join(result.tried)}; {result.evaluated} argument sets x flips "
+    f"(padding names, symmetric ints and (low, high) pairs, strides that fit the shapes, "
+    f"dilation 1..{detect.MAX_DILATION})" + (", some tiers cut" if result.cut else "") + "."
+  )
+  if result.pruned:
+    print("did not fit the shapes: " + "; ".join(f"{n}: {r}" for n, r in result.pruned))
+  if result.closest is not None:
+    print(f"closest: error {result.closest[0]:.2e} with {result.closest[1]}")
+  return 1
+
+
+def _add_detect(sub: Any) -> argparse.ArgumentParser:
+  p = sub.add_parser(
+    "detect",
+    help="name the convention a layer's weights were trained in",
+    description="Reads an .npz with arrays x, kernel and y (the input, kernel and output of "
+    "one conv layer, as its framework holds them), optionally bias and fixed "
+    "arguments (strides, padding, dilation, groups, layout, kernel_layout, flip, "
+    "transposed, ...), and prints the conventions that reproduce y. Exit code 0: "
+    "something matched; 1: nothing did; 2: a bad file.",
+  )
+  p.add_argument("file", metavar="FILE", help=".npz with x, kernel, y [, bias, fixed arguments]")
+  p.add_argument(
+    "--rtol",
+    type=float,
+    default=None,
+    help="largest max|error| / max|y| that counts as a match (default: scaled to the dtypes)",
+  )
+  p.add_argument(
+    "--candidates",
+    default=None,
+    metavar="NAMES",
+    help="comma-separated conventions to try instead of the whole registry",
+  )
+  p.set_defaults(func=_detect)
+  return p
 
 
 COMMANDS: list[tuple[str, AddParser]] = [
@@ -293,23 +399,46 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _one_line(e: BaseException, command: str) -> str:
+  """The error as one line: known errors as they are, anything else with its type."""
   from flipconv.checkpoints import CheckpointError
+
+  message = " ".join(str(e).split()).removeprefix(f"{command}: ")
+  if isinstance(e, OSError) and not isinstance(e, CheckpointError):
+    return f"{e.strerror or type(e).__name__}: {e.filename or message}"
+  if isinstance(e, RecursionError):
+    return "the input is nested too deeply to process (RecursionError)"
+  if isinstance(e, MemoryError):
+    return "out of memory (MemoryError)"
+  if isinstance(e, (CheckpointError, ValueError, TypeError)):
+    return message or type(e).__name__
+  # A bug or a failure flipconv does not know: still one line, with what it was.
+  return f"{type(e).__name__}: {message}" if message else type(e).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the command line; returns the exit code (0, 1 no match or failed check, 2 error).
+
+  Every failure is one line on stderr and exit code 2, never a traceback;
+  Ctrl-C gives 130 and SIGTERM 143, each after removing any partial output.
+  """
+  from flipconv.checkpoints import Terminated, sigterm_raises
 
   parser = build_parser()
   args = parser.parse_args(argv)
+  command = f"flipconv {args.command}"
   try:
-    return args.func(args)
-  except (CheckpointError, ValueError, OSError) as e:
-    message = " ".join(str(e).split())  # one line, whatever the exception held
-    message = message.removeprefix(f"flipconv {args.command}: ")
-    if isinstance(e, OSError) and not isinstance(e, CheckpointError):
-      message = f"{e.strerror or type(e).__name__}: {e.filename or message}"
-    print(f"flipconv {args.command}: error: {message}", file=sys.stderr)
-    return 2
+    with sigterm_raises():
+      return args.func(args)
   except KeyboardInterrupt:
-    print(f"flipconv {args.command}: interrupted", file=sys.stderr)
+    print(f"{command}: interrupted", file=sys.stderr)
     return 130
+  except Terminated:
+    print(f"{command}: terminated", file=sys.stderr)
+    return 128 + signal.SIGTERM
+  except Exception as e:
+    print(f"{command}: error: {_one_line(e, command)}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -207,7 +207,7 @@ def detect_section(out: Callable[[str], None] = print) -> bool:
   import scipy.signal
 
   import flipconv as fc
-  from flipconv.detect import format_matches
+  from flipconv.cli import format_matches
 
   number = SECTIONS.index(detect_section) + 1 if detect_section in SECTIONS else "*"
   out(f"{number}. Which convention were these weights trained in? fc.detect_convention")
