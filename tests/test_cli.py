@@ -280,7 +280,9 @@ def test_nest_writes_the_params_a_flax_module_takes(tmp_path):
     "convert", tmp_path / "torch.npz", dst, "--from", "pytorch", "--to", "flax", "--nest"
   )
   assert done.returncode == 0, done.stderr
-  params = serialization.msgpack_restore(dst.read_bytes())
+  variables = serialization.msgpack_restore(dst.read_bytes())
+  assert set(variables) == {"params"}  # no norm layer: no batch_stats
+  params = variables["params"]
   assert set(params) == {"conv1"} and set(params["conv1"]) == {"kernel", "bias"}
   assert params["conv1"]["kernel"].shape == (3, 3, 3, 8)
   x = rand((2, 6, 6, 3), 3)  # NHWC

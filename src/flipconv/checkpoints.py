@@ -1359,7 +1359,7 @@ def plan_file(
 
 
 def _nested(names: Sequence[str]) -> Callable[[list[Any]], Any]:
-  """A msgpack ``rebuild`` that nests the names as Flax modules take them."""
+  """A msgpack ``rebuild``: the Flax variables (``params``, ``batch_stats``) the names give."""
   from flipconv.nesting import nest_params
 
   dotted: dict[str, str] = {}
@@ -1373,9 +1373,118 @@ def _nested(names: Sequence[str]) -> Callable[[list[Any]], Any]:
     dotted[key] = name
 
   def rebuild(values: list[Any]) -> Any:
-    return nest_params(dict(zip(dotted, values, strict=True)))
+    return nest_params(dict(zip(dotted, values, strict=True)), collections=True)
 
   return rebuild
+
+
+def _check_output(src_path: str, dst_path: str, *, force: bool, dry_run: bool) -> None:
+  if os.path.isdir(dst_path):
+    raise CheckpointError(f"{dst_path!r} is a directory; give the output a file name.")
+  if os.path.exists(dst_path):
+    if os.path.exists(src_path) and os.path.samefile(src_path, dst_path):
+      raise CheckpointError(
+        f"{dst_path!r} is the input file; write the output to a new file "
+        "(the input is never modified)."
+      )
+    if not force and not dry_run:
+      raise _exists(dst_path)  # checked again, atomically, when the file is published
+
+
+def port_file(
+  src_path: str | os.PathLike[str],
+  dst_path: str | os.PathLike[str],
+  src: Any,
+  dst: Any,
+  *,
+  like_path: str | os.PathLike[str],
+  select: Any = "auto",
+  flatten: Mapping[str, Any] | None = None,
+  strict: bool = True,
+  epsilon: float | None = None,
+  dry_run: bool = False,
+  force: bool = False,
+  allow_pickle: bool = False,
+) -> tuple[Any, list[str]]:
+  """Fills a Flax model's variables from a checkpoint file: ``flipconv convert --like``.
+
+  ``like_path`` is ``flax.serialization.to_bytes(variables)`` of the target
+  model (``model.init`` output: its call order is kept). The checkpoint's
+  tensors, read in file order, go through
+  ``flipconv.convert_params(..., like=variables)``; the result, exactly the
+  template's tree, is written to ``dst_path`` (``.msgpack``, atomically), so
+  that ``flax.serialization.from_bytes(variables, data)`` loads it.
+
+  Args:
+    src_path: the checkpoint (any format :func:`open_checkpoint` reads).
+    dst_path: the output, a ``.msgpack``.
+    src, dst: conventions (names or :class:`flipconv.Convention`).
+    like_path: the template ``.msgpack``.
+    select, flatten, strict, epsilon: as in :func:`flipconv.convert_params`.
+    dry_run: plan only; nothing is written.
+    force: replace an existing ``dst_path``.
+    allow_pickle: read pickle-based checkpoints with ``torch.load(weights_only=True)``.
+
+  Returns:
+    ``(plan, notes)``: the :class:`flipconv.Plan` (one row per template leaf)
+    and what the reader skipped.
+
+  Raises:
+    CheckpointError: unreadable files, a template that is not a ``.msgpack``
+      of variables, an output that is not ``.msgpack`` or exists.
+    ValueError: the checkpoint does not fit the template (the message lists
+      what is unmatched or misshapen).
+
+  Examples:
+    >>> import os, tempfile, numpy as np
+    >>> from flax import serialization
+    >>> from flipconv import checkpoints
+    >>> folder = tempfile.mkdtemp()
+    >>> src, like, dst = (os.path.join(folder, n) for n in ("t.npz", "like.msgpack", "f.msgpack"))
+    >>> np.savez(src, **{"fc.weight": np.ones((10, 8)), "fc.bias": np.zeros(10)})
+    >>> variables = {"params": {"fc": {"kernel": np.zeros((8, 10)), "bias": np.zeros(10)}}}
+    >>> _ = open(like, "wb").write(serialization.to_bytes(variables))
+    >>> plan, notes = checkpoints.port_file(src, dst, "pytorch", "flax", like_path=like)
+    >>> loaded = serialization.from_bytes(variables, open(dst, "rb").read())
+    >>> loaded["params"]["fc"]["kernel"].shape, float(loaded["params"]["fc"]["kernel"].sum())
+    ((8, 10), 80.0)
+  """
+  from flipconv.params import convert_params, plan_params
+
+  src_path, dst_path, like_path = os.fspath(src_path), os.fspath(dst_path), os.fspath(like_path)
+  if file_format(dst_path, role="output") != "msgpack":
+    raise CheckpointError(
+      f"--like writes Flax variables, which only .msgpack holds; {dst_path!r} is not one."
+    )
+  _check_output(src_path, dst_path, force=force, dry_run=dry_run)
+  with open_checkpoint(like_path) as template:
+    if not isinstance(template, MsgpackReader):
+      raise CheckpointError(
+        f"--like {like_path!r}: the template must be a .msgpack of "
+        f"flax.serialization.to_bytes(variables), got a {template.format} file."
+      )
+    like = template.tree
+  with open_checkpoint(src_path, allow_pickle=allow_pickle) as reader:
+    notes = list(reader.notes) + [f"{n}: not a tensor, skipped" for n in sorted(reader.opaque)]
+    source = {t.name: reader.read(t.name) for t in reader.tensors if t.name not in reader.opaque}
+  kwargs = dict(like=like, select=select, flatten=flatten, strict=strict, epsilon=epsilon)
+  plan = plan_params(source, src, dst, **kwargs)
+  if dry_run:
+    return plan, notes
+  variables = convert_params(source, src, dst, **kwargs)
+  del source
+  leaves = list(_walk(variables))
+  infos = [
+    TensorInfo("/".join(map(str, keys)), np.shape(v), np.asarray(v).dtype) for keys, v in leaves
+  ]
+  write_checkpoint(
+    dst_path,
+    infos,
+    (v for _, v in leaves),
+    rebuild=lambda values: _rebuild(variables, values),
+    replace=force,
+  )
+  return plan, notes
 
 
 def convert_file(
@@ -1411,10 +1520,13 @@ def convert_file(
     allow_pickle: read pickle-based files with ``torch.load(weights_only=True)``.
     progress_stream: where a progress bar may go (default ``sys.stderr``; only
       a terminal, only for large files).
-    nest: ``.msgpack`` output only: write the nested dicts a Flax module takes,
-      the names split at ``.`` and ``/`` and ``weight`` renamed ``kernel``
-      (:func:`flipconv.nest_params`), so that ``flax.serialization`` restores
-      ``{"conv1": {"kernel": ..., "bias": ...}}``.
+    nest: ``.msgpack`` output only: write the Flax variables the names give,
+      ``{"params": {"conv1": {"kernel": ..., "bias": ...}}, "batch_stats":
+      {"bn1": {"mean": ..., "var": ...}}}``: names split at ``.`` and ``/``,
+      each parameter named as the Flax layer of its kind names it
+      (``nest_params(..., collections=True)``; a BatchNorm's
+      ``num_batches_tracked`` is dropped). To fill a given model, use
+      :func:`port_file` (``--like``).
 
   Returns:
     A :class:`FilePlan`.
@@ -1447,16 +1559,7 @@ def convert_file(
       f"--nest (nest=True) writes nested Flax params, which only .msgpack holds; "
       f"{dst_path!r} is {dst_format}."
     )
-  if os.path.isdir(dst_path):
-    raise CheckpointError(f"{dst_path!r} is a directory; give the output a file name.")
-  if os.path.exists(dst_path):
-    if os.path.exists(src_path) and os.path.samefile(src_path, dst_path):
-      raise CheckpointError(
-        f"{dst_path!r} is the input file; write the output to a new file "
-        "(the input is never modified)."
-      )
-    if not force and not dry_run:
-      raise _exists(dst_path)  # checked again, atomically, when the file is published
+  _check_output(src_path, dst_path, force=force, dry_run=dry_run)
   with open_checkpoint(src_path, allow_pickle=allow_pickle) as reader:
     by_name, plan, unclassified = plan_file(reader, src_c, dst_c, select, where="flipconv convert")
     notes = list(reader.notes)

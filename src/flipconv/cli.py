@@ -88,9 +88,73 @@ def _notes(command: str, notes: Sequence[Any]) -> None:
 # convert
 
 
+def _flatten_rule(text: str) -> tuple[str, tuple[str, str, dict[str, int]]]:
+  """``GLOB=CHW:HWC:C=64,H=4,W=4`` -> ``(GLOB, ("CHW", "HWC", {"C": 64, "H": 4, "W": 4}))``."""
+  usage = (
+    f"--flatten {text!r}: expected GLOB=SRC_ORDER:DST_ORDER:SIZES, e.g. "
+    "'Dense_0=CHW:HWC:C=64,H=4,W=4' (the dense layer's path; the orders both sides "
+    "flatten in; each letter's size)"
+  )
+  glob, eq, spec = text.partition("=")
+  parts = spec.split(":")
+  if not eq or not glob or len(parts) != 3:
+    raise argparse.ArgumentTypeError(usage)
+  s_order, d_order, sizes_text = parts
+  sizes: dict[str, int] = {}
+  for item in sizes_text.split(","):
+    letter, eq, n = item.partition("=")
+    if not eq or not n.isdigit() or len(letter) != 1:
+      raise argparse.ArgumentTypeError(usage)
+    sizes[letter] = int(n)
+  return glob, (s_order, d_order, sizes)
+
+
+def _port(args: argparse.Namespace) -> int:
+  from flipconv.checkpoints import port_file
+
+  plan, notes = port_file(
+    args.src,
+    args.dst,
+    args.src_convention,
+    args.dst_convention,
+    like_path=args.like,
+    select=_selection(args),
+    flatten=dict(args.flatten) if args.flatten else None,
+    strict=not args.allow_unmatched,
+    epsilon=args.epsilon,
+    dry_run=args.dry_run,
+    force=args.force,
+    allow_pickle=args.allow_pickle,
+  )
+  _notes("convert", notes)
+  names = "name" if sum(r.matched_by == "name" for r in plan) else "order"
+  if args.dry_run:
+    print(f"dry run: {args.src} -> {args.dst}, filling {args.like}")
+    print(str(plan))
+    print("nothing written.")
+  else:
+    print(
+      f"wrote {args.dst} (msgpack, the {len(plan)} variables of {args.like}): "
+      f"{sum(r.source is not None for r in plan)} filled from {args.src} "
+      f"(matched by {names} first); {args.src_convention.name} -> {args.dst_convention.name}."
+    )
+  return 0
+
+
 def _convert(args: argparse.Namespace) -> int:
   from flipconv.checkpoints import convert_file
 
+  if args.like is not None:
+    if args.nest:
+      raise ValueError("--nest and --like: --like already writes the model's variables.")
+    return _port(args)
+  for option, given in (
+    ("--flatten", args.flatten),
+    ("--allow-unmatched", args.allow_unmatched),
+    ("--epsilon", args.epsilon is not None),
+  ):
+    if given:
+      raise ValueError(f"{option} applies only with --like TEMPLATE.msgpack.")
   result = convert_file(
     args.src,
     args.dst,
@@ -162,8 +226,38 @@ def _add_convert(sub: Any) -> argparse.ArgumentParser:
   p.add_argument(
     "--nest",
     action="store_true",
-    help=".msgpack output: nested Flax params ({'conv1': {'kernel': ..., 'bias': ...}}): "
-    "names split at '.' and '/', 'weight' renamed 'kernel'",
+    help=".msgpack output: Flax variables ({'params': {'conv1': {'kernel': ...}}, "
+    "'batch_stats': {'bn1': {'mean': ...}}}): names split at '.' and '/', each parameter "
+    "named as Flax names it for its layer's kind",
+  )
+  p.add_argument(
+    "--like",
+    metavar="TEMPLATE",
+    help="fill this model's variables: TEMPLATE is a .msgpack of "
+    "flax.serialization.to_bytes(model.init(...)); DST (.msgpack) then loads with "
+    "flax.serialization.from_bytes(variables, data). Layers are matched by name, else by "
+    "order; every shape is checked",
+  )
+  p.add_argument(
+    "--flatten",
+    action="append",
+    type=_flatten_rule,
+    default=[],
+    metavar="GLOB=SRC:DST:SIZES",
+    help="with --like: a dense layer after a flatten, e.g. 'Dense_0=CHW:HWC:C=64,H=4,W=4' "
+    "(torch.flatten of NCHW read by an NHWC model); repeatable",
+  )
+  p.add_argument(
+    "--allow-unmatched",
+    action="store_true",
+    help="with --like: keep the template's values for variables the checkpoint lacks "
+    "(default: an error listing them)",
+  )
+  p.add_argument(
+    "--epsilon",
+    type=float,
+    metavar="EPS",
+    help="with --like: a Lasagne BatchNorm's epsilon (var = 1/inv_std**2 - EPS; default 1e-4)",
   )
   _add_common(p)
   p.set_defaults(func=_convert)
