@@ -67,10 +67,11 @@ class _Output:
 
   line: int
   text: str | None
+  why_not: str = ""  # why the block did not run
 
 
-def _set_output(example: Example, text: str | None) -> None:
-  example.document.flipconv_output = _Output(example.line, text)  # type: ignore[attr-defined]
+def _set_output(example: Example, text: str | None, why_not: str = "") -> None:
+  example.document.flipconv_output = _Output(example.line, text, why_not)  # type: ignore[attr-defined]
 
 
 def _normalized(text: str) -> str:
@@ -133,7 +134,9 @@ def _text_block(example: Example) -> str | None:
   if output is None:
     return "a text block must follow the python or bash block whose output it shows"
   if output.text is None:
-    raise unittest.SkipTest(f"the block at line {output.line} did not run")
+    # The output of an illustration is illustration too; else say which block did not run.
+    why = output.why_not if output.why_not.startswith(ILLUSTRATION) else ""
+    raise unittest.SkipTest(why or f"the block at line {output.line} did not run")
   shown, printed = _normalized(str(example.parsed)), _normalized(output.text)
   if shown == printed:
     return None
@@ -196,8 +199,8 @@ def run_document(path: Path) -> Report:
     try:
       example.evaluate()
     except unittest.SkipTest as e:
-      _set_output(example, None)
       reason = str(e)
+      _set_output(example, None, reason)
       where = report.illustration if reason.startswith(ILLUSTRATION) else report.skipped
       where.append((example.line, reason))
       continue
