@@ -8,6 +8,8 @@ show each class's constructor rather than ``(*args, **kwargs)``.
 from __future__ import annotations
 
 import inspect
+import re
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +54,9 @@ def test_nnx_layer_instances_keep_their_call_signature():
   layer = fc.nnx.Conv(2, 3, (3, 3), rngs=nnx.Rngs(0))
   assert list(inspect.signature(layer).parameters) == ["inputs"]
   assert "in_features" in inspect.signature(fc.nnx.ConvTranspose).parameters
+
+
+def test_every_public_name_has_an_entry_in_the_api_reference():
+  api = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text(encoding="utf-8")
+  entries = set(re.findall(r"^\.\. auto\w+:: (\S+)", api, flags=re.MULTILINE))
+  assert {name for name, _ in PUBLIC} <= entries, sorted({n for n, _ in PUBLIC} - entries)
