@@ -30,15 +30,18 @@ writes ``"SAME"`` is shifted by one pixel.
 
 Run it (needs scipy):
 
-    python examples/lasagne_weights.py
+    python examples/lasagne_weights.py [--out errors.csv]
 
-It prints a table of relative errors and a line per check; exit code 0 only if
-all hold.
+It prints a table of relative errors (``--out`` also writes it as CSV) and a
+line per check; exit code 0 only if all hold.
 """
 
 from __future__ import annotations
 
+import argparse
+import csv
 import sys
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -105,7 +108,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-  del argv  # no options
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+    "--out", type=Path, default=None, metavar="CSV", help="also write the error table to CSV"
+  )
+  args = parser.parse_args(argv)
   rng = np.random.default_rng(0)
   x = rng.standard_normal((N, C_IN, SIZE, SIZE)).astype(np.float32)  # NCHW
   weights = {
@@ -145,6 +154,13 @@ def _main(argv: list[str] | None) -> int:
       f"  {w.shape!s:14s} {pad_name:10s} {original.shape!s:14s} {errors[0]:12.1e} "
       f"{errors[1]:13.1e} {errors[2]:11.2f}"
     )
+  if args.out is not None:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w", newline="") as f:
+      rows = csv.writer(f)
+      rows.writerow(["case", "fc.linen", "converted", "no flip"])
+      rows.writerows([what, *errors] for what, _, errors in results)
+    print(f"wrote {args.out}")
   print("\nChecks:")
   for what, same_shapes, (e1, e2, e3) in results:
     check(

@@ -29,8 +29,10 @@ You want to run it in JAX. You write the Flax model; flipconv fills it.
 
 Run it (needs torch and safetensors):
 
-    python examples/port_pytorch_cnn.py
+    python examples/port_pytorch_cnn.py [--out DIR]
 
+``--out DIR`` keeps the files it writes there (``model.safetensors``,
+``template.msgpack``, ``model_flax.msgpack``) instead of in a temporary folder.
 It prints each step and a line per check; exit code 0 only if all hold.
 """
 
@@ -145,7 +147,17 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
   import argparse
 
-  argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+    "--out",
+    type=Path,
+    default=None,
+    metavar="DIR",
+    help="keep the files written on the way in DIR (default: a temporary folder, removed)",
+  )
+  args = parser.parse_args(argv)
   torch.manual_seed(0)
   net = TorchNet().eval()
   x = np.random.default_rng(0).standard_normal((N, C_IN, H, W)).astype(np.float32)  # NCHW
@@ -180,8 +192,10 @@ def _main(argv: list[str] | None) -> int:
   )
 
   with tempfile.TemporaryDirectory() as tmp:
-    src, dst = Path(tmp) / "model.safetensors", Path(tmp) / "model_flax.msgpack"
-    template = Path(tmp) / "template.msgpack"
+    folder = args.out or Path(tmp)
+    folder.mkdir(parents=True, exist_ok=True)
+    src, dst = folder / "model.safetensors", folder / "model_flax.msgpack"
+    template = folder / "template.msgpack"
     safetensors.torch.save_file(state_dict, str(src))
     template.write_bytes(serialization.to_bytes(like))
     print("\n  the same from the command line, with the model's variables as the template:")

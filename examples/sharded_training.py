@@ -24,14 +24,15 @@ No accelerator needed: 8 CPU "devices" are made from one host by
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8``, set below before JAX
 is imported (kept if it is already set).
 
-    python examples/sharded_training.py [--steps 4] [--rng-impl rbg]
+    python examples/sharded_training.py [--steps 4] [--rng-impl rbg] [--out params.npz]
 
 Most of its time on a CPU is XLA compiling the init's random numbers (the
 default threefry PRNG: seconds per parameter shape); ``--rng-impl rbg`` makes
 that a fraction of a second, as the smoke test runs it.
 
 It prints the parameter shardings, the collectives of the compiled step, the
-losses, and a line per check; exit code 0 only if all hold.
+losses, and a line per check (``--out`` also saves the trained parameters,
+in PyTorch's OIHW layout, as ``.npz``); exit code 0 only if all hold.
 """
 
 from __future__ import annotations
@@ -138,7 +139,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+    "--out", default=None, metavar="NPZ", help="save the trained parameters to this .npz"
+  )
   parser.add_argument("--steps", type=int, default=4, help="SGD steps (default 4)")
   parser.add_argument(
     "--rng-impl",
@@ -259,6 +265,10 @@ def _main(argv: list[str] | None) -> int:
     "partial sums over 'model'): no gather of activations or weights",
   )
   check(checks, losses[-1] < losses[0], "the loss went down")
+  if args.out is not None:
+    flat = jax.tree_util.tree_leaves_with_path(jax.device_get(params))
+    np.savez(args.out, **{jax.tree_util.keystr(k, simple=True, separator="."): v for k, v in flat})
+    print(f"wrote {args.out}")
   ok = all(checks)
   print("All checks held." if ok else "Some checks FAILED.")
   return 0 if ok else 1

@@ -20,3 +20,7 @@ settings.register_profile(
   print_blob=True,
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "flipconv"))
+
+# --doctest-modules imports every module under the test paths; this helper of
+# test_docs.py needs Sybil, which test_docs.py skips cleanly without.
+collect_ignore = ["_docblocks.py"]

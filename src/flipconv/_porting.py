@@ -39,11 +39,45 @@ DROPPED = frozenset({"num_batches_tracked"})
 
 
 class UnmatchedWarning(UserWarning):
-  """``strict=False``: some target leaves kept ``like``'s value, or source leaves went unused."""
+  """``strict=False``: some target leaves kept ``like``'s value, or source leaves went unused.
+
+  Examples:
+    >>> import warnings, jax, numpy as np, flax.linen as nn, flipconv as fc
+    >>> like = nn.Conv(4, (3, 3)).init(jax.random.key(0), np.zeros((1, 5, 5, 2)))
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...   warnings.simplefilter("always")
+    ...   _ = fc.convert_params({"conv.weight": np.zeros((4, 2, 3, 3))}, "pytorch", "flax",
+    ...                         like=like, strict=False)   # no bias in the source
+    >>> caught[0].category is fc.UnmatchedWarning
+    True
+  """
 
 
 class FlattenWarning(UserWarning):
-  """A dense layer after a conv may follow a flatten whose order no ``flatten=`` rule gave."""
+  """A dense layer after a conv may follow a flatten whose order no ``flatten=`` rule gave.
+
+  Examples:
+    >>> import warnings, jax, numpy as np, flax.linen as nn, flipconv as fc
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):   # NHWC; the Dense reads a flatten of (H, W, C)
+    ...     x = nn.Conv(4, (3, 3))(x)
+    ...     return nn.Dense(3)(x.reshape(x.shape[0], -1))
+    >>> like = Net().init(jax.random.key(0), np.zeros((1, 4, 4, 2)))
+    >>> sd = {"0.weight": np.zeros((4, 2, 3, 3)), "0.bias": np.zeros(4),   # PyTorch: (C, H, W)
+    ...       "2.weight": np.zeros((3, 64)), "2.bias": np.zeros(3)}
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...   warnings.simplefilter("always")
+    ...   _ = fc.plan_params(sd, "pytorch", "flax", like=like)
+    >>> caught[0].category is fc.FlattenWarning
+    True
+    >>> flatten = {"Dense_0": ("CHW", "HWC", {"C": 4, "H": 4, "W": 4})}   # says it: no warning
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...   warnings.simplefilter("always")
+    ...   _ = fc.plan_params(sd, "pytorch", "flax", like=like, flatten=flatten)
+    >>> caught
+    []
+  """
 
 
 # ---------------------------------------------------------------------------
@@ -639,6 +673,16 @@ class PlanRow:
     kind: the target layer's kind: conv, dense, batchnorm, norm, embed, prelu, other.
     matched_by: ``"name"``, ``"order"``, or ``""`` when unmatched.
     dtype: the dtype of the result.
+
+  Examples:
+    >>> import jax, numpy as np, flax.linen as nn, flipconv as fc
+    >>> like = nn.Conv(4, (3, 3)).init(jax.random.key(0), np.zeros((1, 5, 5, 2)))
+    >>> sd = {"conv.weight": np.zeros((4, 2, 3, 3)), "conv.bias": np.zeros(4)}
+    >>> row = fc.plan_params(sd, "pytorch", "flax", like=like)[0]
+    >>> row.target, row.source, row.old_shape, row.new_shape
+    ('params/kernel', 'conv.weight', (4, 2, 3, 3), (3, 3, 2, 4))
+    >>> row.change
+    'conv OIHW -> HWIO: transpose (2, 3, 1, 0)'
   """
 
   target: str

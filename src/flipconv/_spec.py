@@ -18,6 +18,7 @@ from jax import lax
 from flipconv import _padding
 from flipconv._layouts import Layouts, parse_layouts
 from flipconv._padding import Pads
+from flipconv._trees import host_array
 from flipconv._validate import as_bool, as_int_tuple, choice, is_int, shape_str
 from flipconv.registry import get_convention
 
@@ -76,7 +77,11 @@ def resolve_convention(
 
 
 def as_array(value: Any, name: str, where: str) -> jnp.ndarray:
-  """``jnp.asarray`` with a clear error for what cannot be a conv operand."""
+  """``jnp.asarray`` with a clear error for what cannot be a conv operand.
+
+  A torch tensor (``requires_grad`` too) is read through a NumPy view first.
+  """
+  value = host_array(value, name, where)
 
   def check_dtype(dtype):
     if dtype == jnp.bool_ or not jnp.issubdtype(dtype, jnp.number):

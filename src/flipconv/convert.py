@@ -27,6 +27,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from flipconv._layouts import generalize, spatial_letters
+from flipconv._trees import host_array
 from flipconv._validate import is_int, shape_str
 from flipconv.registry import Convention, get_convention
 
@@ -132,7 +133,11 @@ def kernel_plan(
 
 
 def apply_plan(kernel: Any, plan: KernelPlan) -> Any:
-  """Permutes and flips one kernel; NumPy stays NumPy, jax.Array stays jax.Array."""
+  """Permutes and flips one kernel; NumPy stays NumPy, jax.Array stays jax.Array.
+
+  A torch tensor (``requires_grad`` too) becomes NumPy, through a view where torch allows.
+  """
+  kernel = host_array(kernel, "kernel", f"convert ({plan.kind} kernel)")
   if isinstance(kernel, (jax.Array, jax.core.Tracer)):
     out = kernel.reshape(plan.expand) if plan.expand is not None else kernel
     out = jnp.transpose(out, plan.permutation)

@@ -104,6 +104,18 @@ class Match:
       other spellings of the padding, other argument sets that also match).
     equivalent: other registry conventions that compute exactly the same here
       (same flip and layouts).
+
+  Examples:
+    >>> import numpy as np, flipconv as fc
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((1, 2, 8)).astype(np.float32)   # N C W
+    >>> k = rng.standard_normal((3, 2, 3)).astype(np.float32)   # O I W: a torch Conv1d(2, 3, 3)
+    >>> y = fc.conv(x, k, convention="pytorch", padding=1)
+    >>> m = fc.detect_convention(x, k, y)[0]
+    >>> m.names
+    ('pytorch', 'onnx', 'caffe', 'lasagne-mm', 'equinox')
+    >>> m.flip, m.layout, m.kernel_layout, m.kwargs["padding"]
+    (False, 'NCW', 'OIW', 'SAME')
   """
 
   convention: str | None

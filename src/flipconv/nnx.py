@@ -10,6 +10,7 @@ random keys and outputs), and likewise :class:`ConvTranspose`.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -282,6 +283,24 @@ class ConvTranspose(_Base):
     return self._apply(
       inputs, input_dilation=1, pad_mode="zeros", output_padding=self.output_padding
     )
+
+
+class _InitSignature:
+  """``cls.__signature__``: the constructor's, for help() and Sphinx; ``None`` on instances.
+
+  nnx's metaclass defines ``__call__(cls, *args, **kwargs)``, which ``inspect``
+  would otherwise report for the class; an instance's signature stays its ``__call__``.
+  """
+
+  def __get__(self, obj: Any, cls: type) -> inspect.Signature | None:
+    if obj is not None:
+      return None
+    sig = inspect.signature(cls.__init__)
+    return sig.replace(parameters=list(sig.parameters.values())[1:])  # without self
+
+
+Conv.__signature__ = _InitSignature()  # type: ignore[assignment]
+ConvTranspose.__signature__ = _InitSignature()  # type: ignore[assignment]
 
 
 __all__ = ["Conv", "ConvTranspose"]

@@ -51,7 +51,16 @@ _WRAPPER_ATTRS = frozenset({"value", "raw_value"})
 
 
 class UnselectedKernelWarning(UserWarning):
-  """``select="auto"`` met leaves shaped like kernels that it could not classify."""
+  """``select="auto"`` met leaves shaped like kernels that it could not classify.
+
+  Examples:
+    >>> import warnings, numpy as np, flipconv as fc
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...   warnings.simplefilter("always")
+    ...   _ = fc.convert_params({"pos_embed": np.zeros((1, 16, 8))}, "pytorch", "flax")
+    >>> caught[0].category is fc.UnselectedKernelWarning
+    True
+  """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +79,14 @@ class Change:
     src_layout: the kernel's layout before, e.g. ``"OIHW"`` (``"OI"`` for dense).
     dst_layout: its layout after, e.g. ``"HWIO"``.
     dtype: the leaf's dtype name (kept by the conversion).
+
+  Examples:
+    >>> import numpy as np, flipconv as fc
+    >>> change = fc.plan_params({"conv1.weight": np.zeros((8, 3, 3, 3))}, "pytorch", "flax")[0]
+    >>> change.kind, change.old_shape, change.new_shape, change.flip
+    ('conv', (8, 3, 3, 3), (3, 3, 3, 8), False)
+    >>> change.describe()
+    'OIHW -> HWIO: transpose (2, 3, 1, 0)'
   """
 
   path: str
@@ -111,6 +128,13 @@ class Plan(list):
 
   Without ``like``, one :class:`Change` per selected leaf; with ``like``, one
   :class:`PlanRow` per target leaf, grouped by layer in the target's order.
+
+  Examples:
+    >>> import numpy as np, flipconv as fc
+    >>> plan = fc.plan_params({"conv1.weight": np.zeros((8, 3, 3, 3))}, "pytorch", "flax")
+    >>> print(plan)
+    conv1/weight  conv  (8, 3, 3, 3)  ->  (3, 3, 3, 8)  OIHW -> HWIO: transpose (2, 3, 1, 0)
+    1 selected: 1 converted (0 flipped), 0 unchanged.
   """
 
   def __str__(self) -> str:

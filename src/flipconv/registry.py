@@ -15,8 +15,8 @@ they store their kernels, in the terms of :func:`flipconv.conv`:
   ``"pytorch"`` (smallest size) or ``"tensorflow"`` (``in * stride`` for
   SAME, ``in * stride + max(k_eff - stride, 0)`` for VALID).
 
-Layouts are written for 2-D and generalised to other ranks by
-:func:`flipconv._layouts.generalize`. Where each fact was checked is recorded
+Layouts are written for 2-D and generalised to other ranks (``"OIHW"`` is
+``"OIW"`` for 1-D and ``"OIDHW"`` for 3-D). Where each fact was checked is recorded
 next to the entries in ``VERIFICATION`` (one :class:`Check` per group of
 fields: the framework version and the ``test_against_<framework>`` test, or
 the source lines), from which ``docs/conventions.md`` is generated.
@@ -56,6 +56,20 @@ class Convention:
       spatial letters, e.g. ``"HWCM"`` (Keras); ``""``: the grouped kernel.
       See :func:`flipconv.convert_depthwise_kernel`.
     description: which layers of the framework this describes.
+
+  Examples:
+    >>> import numpy as np, flipconv as fc
+    >>> fc.conventions["pytorch"].kernel_layout, fc.conventions["pytorch"].flip
+    ('OIHW', False)
+    >>> mine = fc.Convention(name="mine", layout="NCHW", kernel_layout="OIHW", flip=True,
+    ...                      transpose_kernel_layout="OIHW", transpose_flip=True,
+    ...                      linear_layout="OI")   # a true-convolution framework of your own
+    >>> x = np.arange(1.0, 6.0).reshape(1, 1, 5)   # N C W
+    >>> k = np.array([1.0, 2.0, 0.0]).reshape(1, 1, 3)   # O I W
+    >>> fc.conv(x, k, convention=mine)
+    Array([[[ 7., 10., 13.]]], dtype=float32)
+    >>> fc.convert_kernel(k, mine, "pytorch")   # the kernel that computes it in PyTorch
+    array([[[0., 2., 1.]]])
   """
 
   name: str
@@ -233,7 +247,43 @@ _EQUINOX = _c(
 
 _ALIASES = {"jax": _FLAX, "keras": _TENSORFLOW, "tf": _TENSORFLOW, "torch": _PYTORCH}
 
-conventions: Mapping[str, Convention] = types.MappingProxyType(
+
+class _Conventions(Mapping[str, Convention]):
+  """Every registered convention by name, aliases included; read-only.
+
+  ``fc.conventions[name]`` is the :class:`Convention` of that name; the aliases
+  ``"jax"``, ``"keras"``, ``"tf"`` and ``"torch"`` are the same objects as
+  ``"flax"``, ``"tensorflow"`` and ``"pytorch"``. :func:`get_convention` also
+  takes other spellings (``"PyTorch"``, ``"lasagne_mm"``). A ``Convention(...)``
+  of your own works wherever a name does, without being registered.
+
+  Examples:
+    >>> import flipconv as fc
+    >>> sorted(fc.conventions)[:5]
+    ['caffe', 'equinox', 'flax', 'haiku', 'jax']
+    >>> fc.conventions["torch"] is fc.conventions["pytorch"]
+    True
+    >>> fc.conventions["lasagne"].flip, fc.conventions["lasagne"].kernel_layout
+    (True, 'OIHW')
+  """
+
+  def __init__(self, entries: Mapping[str, Convention]) -> None:
+    self._entries = types.MappingProxyType(dict(entries))
+
+  def __getitem__(self, name: str) -> Convention:
+    return self._entries[name]
+
+  def __iter__(self):
+    return iter(self._entries)
+
+  def __len__(self) -> int:
+    return len(self._entries)
+
+  def __repr__(self) -> str:
+    return f"flipconv.conventions({', '.join(self._entries)})"
+
+
+conventions: Mapping[str, Convention] = _Conventions(
   {
     c.name: c
     for c in (
