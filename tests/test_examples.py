@@ -50,14 +50,17 @@ def test_port_pytorch_cnn(tmp_path, capsys, monkeypatch):
   out = run_example("port_pytorch_cnn.py", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
   assert_lines(
     out,
-    "--select 'up.weight=conv_transpose' --select '*=auto'",
+    "--like ",
+    "--flatten 'head=CHW:HWC:C=4,H=8,W=12'",
     "wrote ",  # flipconv convert's own report
-    "up/weight         conv_transpose  (16, 4, 3, 3)  ->  (3, 3, 16, 4)",
+    "params/up/kernel         <-  up.weight         (16, 4, 3, 3)  ->  (3, 3, 16, 4)",
     "flip H W",
-    "ok     the CLI's file holds exactly what fc.convert_params returns",
-    "ok     without feature_shape, the converted head gives wrong logits (the flatten trap)",
-    "ok     torch == flax.linen with converted weights",
-    "ok     PyTorch's state_dict has exactly the shapes of the fc.linen model's own params",
+    "dense after flatten CHW -> HWC",
+    "10 target leaves in 5 layers: 10 matched by name, 0 by order, 0 unmatched.",
+    "ok     the CLI's --like file loads with from_bytes into exactly what convert_params returns",
+    "ok     without flatten=, flipconv warns about the head, whose logits are then wrong",
+    "ok     torch == flax.linen filled by like=",
+    "ok     convention='pytorch' layers hold PyTorch's kernels unchanged",
     "ok     torch == fc.linen convention='pytorch' with unchanged weights",
     "ok     both JAX ports agree",
   )
