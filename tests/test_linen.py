@@ -16,6 +16,7 @@ cheap initialiser whose values still show the key and the shape it was given.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -203,6 +204,20 @@ def test_numeric_conv_transpose_padding_keeps_pytorchs_meaning_with_pytorch_conv
 
 
 # --- Flax's own arguments: promote_dtype, conv_general_dilated(_cls) ----------------------
+
+
+@TRANSPOSED
+def test_attributes_are_flax_linens_in_flax_order(transposed):
+  """Every flax.linen attribute, in Flax's order: positional arguments mean the same."""
+  ours, theirs = (
+    (fc.linen.ConvTranspose, nn.ConvTranspose) if transposed else (fc.linen.Conv, nn.Conv)
+  )
+  names = lambda cls: [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
+  assert names(ours)[: len(names(theirs))] == names(theirs)
+  # e.g. Conv(features, kernel_size, strides, padding, input_dilation): the 5th is Flax's 5th.
+  x = normal((2, 7, 6, 4))
+  args = (6, (3, 2), 1, 0, 2)
+  assert_like_flax(ours(*args, kernel_init=keyed_init), theirs(*args, kernel_init=keyed_init), x)
 
 
 def doubled_conv(*args: Any, **kwargs: Any) -> jax.Array:

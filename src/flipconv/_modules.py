@@ -26,7 +26,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax.linen import dtypes
 from jax import lax
 
 from flipconv import _padding, _spec
@@ -342,10 +341,6 @@ def conv_primitive(fn: Any, cls: Any, method: str, where: str) -> Any:
   return fn
 
 
-def _flax_promote(x: Any, kernel: Any, bias: Any, dtype: Any) -> tuple[Any, Any, Any]:
-  return dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
-
-
 def batch_dims(layer: Layer, x: jax.Array) -> tuple[jax.Array, tuple[int, ...] | None]:
   """Flax's allowance: any number of leading batch axes (0 included), flattened to one.
 
@@ -400,7 +395,7 @@ def apply(
   precision: Any,
   preferred_element_type: Any,
   method: str,
-  promote: Callable[[Any, Any, Any, Any], tuple[Any, Any, Any]] = _flax_promote,
+  promote: Callable[[Any, Any, Any, Any], tuple[Any, Any, Any]],
   conv_general_dilated: Any = None,
   conv_kwargs: Any = None,
   padding_meaning: Any = None,
