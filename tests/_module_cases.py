@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import assume
 from hypothesis import strategies as st
 
 LETTERS = {1: "W", 2: "HW", 3: "DHW"}
@@ -154,6 +155,15 @@ CONV_CASES = [
     id="3d-valid-groups-dilated",
   ),
   pytest.param((5, 6, 4), 2, 4, (3, 2, 2), dict(padding=((1, 0), (0, 2), (1, 1))), id="3d-pairs"),
+  # Flax's CIRCULAR/REFLECT pads of any width wrap/reflect as jnp.pad does (kernel 9 on 1: 9).
+  pytest.param((1,), 3, 2, (9,), dict(padding="CIRCULAR"), id="1d-circular-wider-than-input"),
+  pytest.param((2,), 3, 2, (9,), dict(padding="REFLECT"), id="1d-reflect-wider-than-input"),
+  pytest.param(
+    (3, 2), 2, 3, (4, 9), dict(padding="CIRCULAR", strides=(1, 2)), id="2d-circular-wide"
+  ),
+  pytest.param(
+    (3, 1), 2, 3, (3, 3), dict(padding="REFLECT", kernel_dilation=2), id="2d-reflect-wide-dilated"
+  ),
 ]
 
 
@@ -208,6 +218,25 @@ CONV_TRANSPOSE_CASES = [
     dict(strides=(3, 1, 2), padding="VALID", transpose_kernel=True),
     id="3d-valid",
   ),
+  # Numeric padding means Flax's: the padding of the stride-dilated input.
+  pytest.param((7,), (3,), dict(strides=2, padding=1), id="1d-int-padding"),
+  pytest.param(
+    (5, 4), (3, 2), dict(strides=2, padding=(2, 0), transpose_kernel=True), id="2d-ints-padding"
+  ),
+  pytest.param(
+    (5, 4), (3, 4), dict(strides=(2, 3), padding=((1, 0), (3, 1))), id="2d-pairs-padding"
+  ),
+  pytest.param((5, 4), (3, 2), dict(strides=2, padding=[1, (0, 2)]), id="2d-int-and-pair-padding"),
+  pytest.param(
+    (24, 9), (7, 4), dict(strides=None, padding=(4, 2), kernel_dilation=(2, 3)), id="flax-4-2"
+  ),
+  pytest.param(
+    (5, 4), (3, 2), dict(strides=2, padding=((4, 5), (3, 0))), id="2d-padding-beyond-the-kernel"
+  ),
+  pytest.param((6, 5), (3, 3), dict(strides=2, padding=((-1, 0), (1, -2))), id="2d-negative"),
+  pytest.param(
+    (3, 4, 3), (2, 3, 2), dict(strides=(1, 2, 3), padding=1, kernel_dilation=2), id="3d-int"
+  ),
 ]
 
 
@@ -215,14 +244,49 @@ CONV_TRANSPOSE_CASES = [
 def conv_transpose_configs(draw):
   n = draw(st.integers(1, 3))
   dims = lambda lo, hi: tuple(draw(st.lists(st.integers(lo, hi), min_size=n, max_size=n)))
+  spatial, kernel_size = dims(2, 5), dims(1, 5)
   kwargs = dict(
     strides=draw(st.one_of(st.integers(1, 3), st.just(dims(1, 3)))),
-    padding=draw(st.sampled_from(["SAME", "VALID"])),
+    padding=draw(
+      st.one_of(
+        st.sampled_from(["SAME", "VALID"]),
+        st.integers(0, 3),
+        st.just(tuple(zip(dims(0, 4), dims(0, 4), strict=True))),
+      )
+    ),
     kernel_dilation=draw(st.one_of(st.just(1), st.just(dims(1, 2)))),
     transpose_kernel=draw(st.booleans()),
     use_bias=draw(st.booleans()),
   )
-  return dims(2, 5), dims(1, 5), kwargs
+  if not isinstance(kwargs["padding"], str):  # Flax's numeric padding: a non-empty output
+    per_dim = lambda v: (v,) * n if isinstance(v, int) else v
+    pads = per_dim(kwargs["padding"])
+    pads = tuple((p, p) if isinstance(p, int) else p for p in pads)
+    for m, k, s, d, (lo, hi) in zip(
+      spatial,
+      kernel_size,
+      per_dim(kwargs["strides"]),
+      per_dim(kwargs["kernel_dilation"]),
+      pads,
+      strict=True,
+    ):
+      assume((m - 1) * s + lo + hi - (k - 1) * d + 1 >= 1)
+  return spatial, kernel_size, kwargs
+
+
+# flax's tests/nnx/nn/conv_test.py's kind of case: float16 params, 3 groups, a mask, input
+# and kernel dilation, precision and preferred_element_type, on a (24, 9, 3) input.
+FLAX_NNX_CASES = [
+  pytest.param("VALID", None, False, None, id="valid"),
+  pytest.param("CIRCULAR", (2, 3), True, None, id="circular-strided-masked"),
+  pytest.param("REFLECT", None, True, jnp.float32, id="reflect-masked-preferred"),
+  pytest.param((4, 2), (2, 3), False, jnp.float32, id="ints-strided-preferred"),
+]
+# ConvTranspose: no REFLECT in Flax; padding="CIRCULAR" is not supported yet.
+FLAX_NNX_TRANSPOSE_CASES = [
+  *[c for c in FLAX_NNX_CASES if c.values[0] not in ("CIRCULAR", "REFLECT")],
+  pytest.param((4, 2), None, True, None, id="ints-masked"),
+]
 
 
 def expected_kernel_shape(

@@ -16,6 +16,8 @@ cheap initialiser whose values still show the key and the shape it was given.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any
 
 import chex
@@ -30,6 +32,8 @@ import flipconv as fc
 from _module_cases import (
   CONV_CASES,
   CONV_TRANSPOSE_CASES,
+  FLAX_NNX_CASES,
+  FLAX_NNX_TRANSPOSE_CASES,
   FRAMEWORK_KERNEL_SHAPES,
   LETTERS,
   OTHER_CONVENTIONS,
@@ -157,9 +161,18 @@ def test_conv_transpose_is_flax_linen_conv_transpose_on_a_grid(config):
   )
 
 
+def test_numeric_conv_transpose_padding_is_flax_linens():
+  """Flax pads the stride-dilated input: (4, 2) with kernel (7, 4) dilated (2, 3) on (24, 9)."""
+  x = normal((1, 24, 9, 3))
+  kwargs = dict(padding=(4, 2), kernel_dilation=(2, 3), kernel_init=keyed_init)
+  assert_like_flax(*pair(True, 6, (7, 4), **kwargs), x)
+  y = fc.linen.ConvTranspose(6, (7, 4), **kwargs).init_with_output(KEY, x)[0]
+  assert y.shape == (1, 20, 4, 6)
+
+
 @pytest.mark.parametrize("strides", [1, 2])
-def test_numeric_conv_transpose_padding_is_the_forward_convs(strides):
-  """The documented difference: flipconv pads the forward conv, Flax the dilated input.
+def test_padding_meaning_forward_is_the_forward_convs(strides):
+  """``padding_meaning="forward"``: flipconv.conv_transpose's (PyTorch's) meaning.
 
   The adjoint of a conv padded by ``(lo, hi)`` pads the dilated input by
   ``(k - 1 - lo, k - 1 - hi)``; ``output_padding`` adds at the high end.
@@ -168,13 +181,152 @@ def test_numeric_conv_transpose_padding_is_the_forward_convs(strides):
   flax_pads = tuple(
     (kk - 1 - lo, kk - 1 - hi + op) for kk, (lo, hi), op in zip(k, pads, out_pad, strict=True)
   )
-  assert_like_flax(
-    fc.linen.ConvTranspose(
-      4, k, strides=strides, padding=pads, output_padding=out_pad, kernel_init=keyed_init
-    ),
-    nn.ConvTranspose(4, k, strides=strides, padding=flax_pads, kernel_init=keyed_init),
-    normal((2, 5, 4, 3)),
+  x = normal((2, 5, 4, 3))
+  ours = dict(strides=strides, output_padding=out_pad, kernel_init=keyed_init)
+  theirs = nn.ConvTranspose(4, k, strides=strides, padding=flax_pads, kernel_init=keyed_init)
+  for meaning in ("forward", "pytorch"):
+    layer = fc.linen.ConvTranspose(4, k, padding=pads, padding_meaning=meaning, **ours)
+    assert_like_flax(layer, theirs, x)
+  # The same module with Flax's meaning spelled out is Flax's layer with the same padding.
+  layer = fc.linen.ConvTranspose(4, k, padding=flax_pads, padding_meaning="dilated_input", **ours)
+  if strides == 1:
+    assert_like_flax(layer, theirs, x)
+  with pytest.raises(ValueError, match="padding_meaning 'input'"):
+    fc.linen.ConvTranspose(4, k, padding=1, padding_meaning="input").init(KEY, x)
+
+
+def test_numeric_conv_transpose_padding_keeps_pytorchs_meaning_with_pytorch_convention():
+  layer = fc.linen.ConvTranspose(3, (3, 3), strides=2, padding=1, convention="pytorch")
+  x = normal((1, 2, 5, 4))
+  assert layer.apply(layer.init(KEY, x), x).shape == (1, 3, 9, 7)  # (in - 1) * 2 + 3 - 2
+  flax_meaning = layer.clone(padding_meaning="flax", padding=2)  # forward: 0
+  assert flax_meaning.apply(flax_meaning.init(KEY, x), x).shape == (1, 3, 11, 9)
+
+
+# --- Flax's own arguments: promote_dtype, conv_general_dilated(_cls) ----------------------
+
+
+@TRANSPOSED
+def test_attributes_are_flax_linens_in_flax_order(transposed):
+  """Every flax.linen attribute, in Flax's order: positional arguments mean the same."""
+  ours, theirs = (
+    (fc.linen.ConvTranspose, nn.ConvTranspose) if transposed else (fc.linen.Conv, nn.Conv)
   )
+  names = lambda cls: [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
+  assert names(ours)[: len(names(theirs))] == names(theirs)
+  # e.g. Conv(features, kernel_size, strides, padding, input_dilation): the 5th is Flax's 5th.
+  x = normal((2, 7, 6, 4))
+  args = (6, (3, 2), 1, 0, 2)
+  assert_like_flax(ours(*args, kernel_init=keyed_init), theirs(*args, kernel_init=keyed_init), x)
+
+
+def doubled_conv(*args: Any, **kwargs: Any) -> jax.Array:
+  """A stand-in for a replacement conv (a quantised one, say) whose effect shows."""
+  return 2 * lax.conv_general_dilated(*args, **kwargs)
+
+
+def to_bfloat16(*args: Any, dtype: Any = None) -> tuple[Any, ...]:
+  """A ``promote_dtype`` that ignores ``dtype`` (so its effect shows)."""
+  return tuple(None if a is None else jnp.asarray(a, jnp.bfloat16) for a in args)
+
+
+@pytest.mark.parametrize("how", ["function", "cls", "both"])
+def test_conv_general_dilated_replaces_lax_as_in_flax_linen(how):
+  kw = {
+    "function": dict(conv_general_dilated=doubled_conv),
+    "cls": dict(conv_general_dilated_cls=lambda: doubled_conv),
+    # Flax calls conv_general_dilated_cls when both are given.
+    "both": dict(
+      conv_general_dilated=lax.conv_general_dilated, conv_general_dilated_cls=lambda: doubled_conv
+    ),
+  }[how]
+  x = normal((2, 7, 6, 4))
+  layer, theirs = pair(
+    False, 6, (3, 2), strides=2, feature_group_count=2, kernel_init=keyed_init, **kw
+  )
+  params = assert_like_flax(layer, theirs, x)
+  plain = fc.linen.Conv(6, (3, 2), strides=2, feature_group_count=2)
+  assert_close(layer.apply(params, x), 2 * plain.apply(params, x) - params["params"]["bias"])
+
+
+@pytest.mark.parametrize("convention", ["lasagne", "pytorch", "tflite"])
+def test_conv_general_dilated_in_a_flipped_or_relaid_out_convention(convention):
+  """The replacement gets the kernel flipped and the layouts the module has: Flax's result."""
+  check_convention(
+    convention, False, 2, "REFLECT", kernel_init=keyed_init, conv_general_dilated=doubled_conv
+  )
+
+
+def test_conv_general_dilated_is_called_as_flax_linen_calls_it():
+  calls = {}
+
+  def recording(name):
+    def conv(*args, **kwargs):
+      calls[name] = (len(args), sorted(kwargs))
+      return lax.conv_general_dilated(*args, **kwargs)
+
+    return conv
+
+  x = normal((2, 7, 6, 4))
+  fc.linen.Conv(6, (3, 2), conv_general_dilated=recording("ours")).init(KEY, x)
+  nn.Conv(6, (3, 2), conv_general_dilated=recording("theirs")).init(KEY, x)
+  assert calls["ours"] == calls["theirs"]
+  with pytest.raises(ValueError, match=r"conv_general_dilated.*method='fft'"):
+    fc.linen.Conv(6, (3, 2), conv_general_dilated=doubled_conv, method="fft").init(KEY, x)
+  with pytest.raises(TypeError, match="conv_general_dilated must be a function"):
+    fc.linen.Conv(6, (3, 2), conv_general_dilated=3).init(KEY, x)
+
+
+@TRANSPOSED
+def test_promote_dtype_is_flax_linens(transposed):
+  x = normal((2, 8, 7, 4))
+  layer, theirs = pair(
+    transposed, 6, (3, 2), strides=2, promote_dtype=to_bfloat16, kernel_init=keyed_init
+  )
+  params = assert_like_flax(layer, theirs, x, rtol=1e-2)
+  assert layer.apply(params, x).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize(("padding", "strides", "use_mask", "preferred"), FLAX_NNX_CASES)
+def test_flax_nnx_test_suites_conv_case_is_flax_linens(padding, strides, use_mask, preferred):
+  """flax's nnx/linen equivalence case: float16 params, 3 groups, mask, both dilations."""
+  mask = jnp.tril(jnp.ones((7, 4, 1, 6))) if use_mask else None
+  cgd = (
+    None
+    if preferred is None
+    else functools.partial(lax.conv_general_dilated, preferred_element_type=preferred)
+  )
+  kwargs = dict(
+    strides=strides,
+    padding=padding,
+    input_dilation=1 if isinstance(padding, str) else (2, 3),  # lax: string pads need 1
+    kernel_dilation=(2, 1) if padding == "VALID" else (2, 3),  # (2, 3) is wider than 9
+    feature_group_count=3,
+    mask=mask,
+    param_dtype=jnp.float16,
+    precision=lax.Precision.HIGHEST,
+    conv_general_dilated=cgd,
+    kernel_init=keyed_init,
+  )
+  assert_like_flax(*pair(False, 6, (7, 4), **kwargs), normal((24, 9, 3)), rtol=1e-3)
+
+
+@pytest.mark.parametrize(("padding", "strides", "use_mask", "preferred"), FLAX_NNX_TRANSPOSE_CASES)
+def test_flax_nnx_test_suites_conv_transpose_case_is_flax_linens(
+  padding, strides, use_mask, preferred
+):
+  mask = jnp.tril(jnp.ones((7, 4, 3, 6))) if use_mask else None
+  kwargs = dict(
+    strides=strides,
+    padding=padding,
+    kernel_dilation=(2, 3),
+    mask=mask,
+    param_dtype=jnp.float16,
+    precision=lax.Precision.HIGHEST,
+    preferred_element_type=preferred,
+    kernel_init=keyed_init,
+  )
+  assert_like_flax(*pair(True, 6, (7, 4), **kwargs), normal((24, 9, 3)), rtol=1e-3)
 
 
 # --- mask, dtypes, precision --------------------------------------------------------------

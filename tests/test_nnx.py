@@ -14,6 +14,8 @@ kernel shapes only, and the grids initialise with :func:`keyed_init`.
 
 from __future__ import annotations
 
+import inspect
+import pydoc
 from typing import Any
 
 import chex
@@ -23,11 +25,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 import flipconv as fc
 from _module_cases import (
   CONV_CASES,
   CONV_TRANSPOSE_CASES,
+  FLAX_NNX_CASES,
+  FLAX_NNX_TRANSPOSE_CASES,
   FRAMEWORK_KERNEL_SHAPES,
   LETTERS,
   OTHER_CONVENTIONS,
@@ -175,8 +180,16 @@ def test_conv_transpose_is_flax_nnx_conv_transpose_on_a_grid(config):
   )
 
 
-def test_numeric_conv_transpose_padding_is_the_forward_convs():
-  """The documented difference: flipconv pads the forward conv, Flax the dilated input."""
+def test_numeric_conv_transpose_padding_is_flax_nnxs():
+  """Flax pads the stride-dilated input: (4, 2) with kernel (7, 4) dilated (2, 3) on (24, 9)."""
+  kwargs = dict(padding=(4, 2), kernel_dilation=(2, 3), kernel_init=keyed_init)
+  ours, theirs = pair(True, 3, 6, (7, 4), **kwargs)
+  assert_like_flax(ours, theirs, normal((1, 24, 9, 3)))
+  assert ours(normal((1, 24, 9, 3))).shape == (1, 20, 4, 6)
+
+
+def test_padding_meaning_forward_is_the_forward_convs():
+  """``padding_meaning="forward"``: flipconv.conv_transpose's (PyTorch's) meaning."""
   k, pads, out_pad = (3, 4), ((1, 0), (2, 1)), (1, 0)
   flax_pads = tuple(
     (kk - 1 - lo, kk - 1 - hi + op) for kk, (lo, hi), op in zip(k, pads, out_pad, strict=True)
@@ -189,6 +202,7 @@ def test_numeric_conv_transpose_padding_is_the_forward_convs():
       strides=2,
       padding=pads,
       output_padding=out_pad,
+      padding_meaning="forward",
       kernel_init=keyed_init,
       rngs=nnx.Rngs(0),
     ),
@@ -197,6 +211,132 @@ def test_numeric_conv_transpose_padding_is_the_forward_convs():
     ),
     normal((2, 5, 4, 3)),
   )
+  with pytest.raises(ValueError, match="padding_meaning 'input'"):
+    fc.nnx.ConvTranspose(3, 4, k, padding_meaning="input", rngs=nnx.Rngs(0))
+
+
+# --- Flax's own arguments: promote_dtype, conv_general_dilated, out_sharding --------------
+
+
+def doubled_conv(*args: Any, **kwargs: Any) -> jax.Array:
+  """A stand-in for a replacement conv (a quantised one, say) whose effect shows."""
+  return 2 * lax.conv_general_dilated(*args, **kwargs)
+
+
+def to_bfloat16(args: tuple[Any, ...], /, *, dtype: Any = None) -> tuple[Any, ...]:
+  """nnx's ``promote_dtype`` takes one tuple; this one ignores ``dtype`` (so it shows)."""
+  return tuple(None if a is None else jnp.asarray(a, jnp.bfloat16) for a in args)
+
+
+def test_signature_is_the_real_one():
+  for ours, theirs in ((fc.nnx.Conv, nnx.Conv), (fc.nnx.ConvTranspose, nnx.ConvTranspose)):
+    sig = inspect.signature(ours)
+    flax_names = list(inspect.signature(theirs.__init__).parameters)[1:]
+    # Flax's arguments in Flax's order (and kind), then flipconv's own.
+    assert list(sig.parameters)[: len(flax_names)] == flax_names
+    for name in flax_names:
+      want = inspect.signature(theirs.__init__).parameters[name]
+      assert sig.parameters[name].kind == want.kind
+      if name not in ("kernel_init", "bias_init", "promote_dtype"):
+        assert sig.parameters[name].default == want.default or name in (
+          "strides",
+          "kernel_dilation",
+        )
+    assert "convention" in sig.parameters and "convention" in pydoc.render_doc(ours)
+
+
+def test_conv_general_dilated_replaces_lax_as_in_flax_nnx():
+  x = normal((2, 7, 6, 4))
+  kwargs = dict(strides=2, feature_group_count=2, padding="CIRCULAR", kernel_init=keyed_init)
+  ours, theirs = pair(False, 4, 6, (3, 2), conv_general_dilated=doubled_conv, **kwargs)
+  params = assert_like_flax(ours, theirs, x)
+  plain = fc.nnx.Conv(4, 6, (3, 2), rngs=nnx.Rngs(0), **kwargs)
+  nnx.update(plain, params)
+  assert_close(ours(x), 2 * plain(x) - params["bias"][...])
+  with pytest.raises(ValueError, match=r"conv_general_dilated.*method='fft'"):
+    fc.nnx.Conv(4, 6, (3, 2), conv_general_dilated=doubled_conv, method="fft", rngs=nnx.Rngs(0))(x)
+
+
+def test_conv_general_dilated_is_called_as_flax_nnx_calls_it():
+  """With the call's out_sharding, as Flax passes it, and nothing Flax does not pass."""
+  if "out_sharding" not in inspect.signature(nnx.Conv.__call__).parameters:
+    pytest.skip("flax < 0.12.3 passes no out_sharding; flipconv follows 0.12.3+")
+  calls = {}
+
+  def recording(name):
+    def conv(*args, **kwargs):
+      calls.setdefault(name, []).append((len(args), sorted(kwargs)))
+      return lax.conv_general_dilated(*args, **kwargs)
+
+    return conv
+
+  x = normal((2, 7, 6, 4))
+  for preferred in (None, jnp.float32):
+    for name, cls in (("ours", fc.nnx.Conv), ("theirs", nnx.Conv)):
+      layer = cls(
+        4,
+        6,
+        (3, 2),
+        conv_general_dilated=recording(name),
+        preferred_element_type=preferred,
+        rngs=nnx.Rngs(0),
+      )
+      layer(x)
+      layer(x, out_sharding=None)
+  assert calls["ours"] == calls["theirs"]
+  with pytest.raises(ValueError, match=r"out_sharding.*method='fft'"):
+    fc.nnx.Conv(4, 6, (3, 2), method="fft", rngs=nnx.Rngs(0))(x, out_sharding=P())
+
+
+@pytest.mark.parametrize("convention", ["lasagne", "pytorch"])
+def test_conv_general_dilated_in_a_flipped_or_relaid_out_convention(convention):
+  """The replacement gets the kernel flipped and the layouts the module has: Flax's result."""
+  check_convention(
+    convention, False, 2, "REFLECT", kernel_init=keyed_init, conv_general_dilated=doubled_conv
+  )
+
+
+@TRANSPOSED
+def test_promote_dtype_is_flax_nnxs(transposed):
+  x = normal((2, 8, 7, 4))
+  ours, theirs = pair(
+    transposed, 4, 6, (3, 2), strides=2, promote_dtype=to_bfloat16, kernel_init=keyed_init
+  )
+  assert_like_flax(ours, theirs, x, rtol=1e-2)
+  assert ours(x).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize(("padding", "strides", "use_mask", "preferred"), FLAX_NNX_CASES)
+def test_flax_nnx_test_suites_conv_case_is_flax_nnxs(padding, strides, use_mask, preferred):
+  """flax's nnx/linen equivalence case: float16 params, 3 groups, mask, both dilations."""
+  kwargs = dict(
+    padding=padding,
+    input_dilation=1 if isinstance(padding, str) else (2, 3),  # lax: string pads need 1
+    kernel_dilation=(2, 1) if padding == "VALID" else (2, 3),  # (2, 3) is wider than 9
+    feature_group_count=3,
+    mask=jnp.tril(jnp.ones((7, 4, 1, 6))) if use_mask else None,
+    param_dtype=jnp.float16,
+    precision=lax.Precision.HIGHEST,
+    preferred_element_type=preferred,
+    kernel_init=keyed_init,
+  )
+  assert_like_flax(*pair(False, 3, 6, (7, 4), strides, **kwargs), normal((24, 9, 3)), rtol=1e-3)
+
+
+@pytest.mark.parametrize(("padding", "strides", "use_mask", "preferred"), FLAX_NNX_TRANSPOSE_CASES)
+def test_flax_nnx_test_suites_conv_transpose_case_is_flax_nnxs(
+  padding, strides, use_mask, preferred
+):
+  kwargs = dict(
+    padding=padding,
+    kernel_dilation=(2, 3),
+    mask=jnp.tril(jnp.ones((7, 4, 3, 6))) if use_mask else None,
+    param_dtype=jnp.float16,
+    precision=lax.Precision.HIGHEST,
+    preferred_element_type=preferred,
+    kernel_init=keyed_init,
+  )
+  assert_like_flax(*pair(True, 3, 6, (7, 4), strides, **kwargs), normal((24, 9, 3)), rtol=1e-3)
 
 
 # --- mask, dtypes, precision --------------------------------------------------------------

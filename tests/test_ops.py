@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.signal
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from jax import lax
 
@@ -566,31 +566,35 @@ def test_pad_mode_pads_the_right_axes_of_an_odd_layout():
   assert_close(out, relayout(expected, "NCHW", "NHWC"))
 
 
-@pytest.mark.parametrize(
-  ("pad_mode", "largest_ok"), [("reflect", 4), ("circular", 5), ("symmetric", 5), ("wrap", 5)]
+@settings(max_examples=40, deadline=None)
+@given(
+  mode=st.sampled_from(["reflect", "circular", "symmetric", "replicate", "wrap", "edge"]),
+  size=st.integers(1, 4),
+  pads=st.tuples(st.integers(0, 11), st.integers(0, 11)),
 )
-@pytest.mark.parametrize("side", ["both", "low", "high"])
-def test_pad_mode_limits_as_in_pytorch(pad_mode, largest_ok, side):
-  # Input size 5: reflect needs padding < 5; circular and symmetric padding <= 5.
+def test_pad_mode_of_any_width_is_numpy_pad(mode, size, pads):
+  """Wider than the input, the pad wraps or reflects again, as numpy.pad (and Flax) do.
+
+  A 1-tap kernel of 1 shows the padded input itself.
+  """
+  x = np.arange(1.0, size + 1, dtype=np.float32).reshape(1, 1, size)
+  kw = dict(flip=False, layout="NCW", kernel_layout="OIW", padding=(pads,), pad_mode=mode)
+  out = fc.conv(x, np.ones((1, 1, 1), np.float32), **kw)
+  np_mode = {"circular": "wrap", "replicate": "edge"}.get(mode, mode)
+  np.testing.assert_array_equal(out[0, 0], np.pad(x[0, 0], pads, mode=np_mode))
+
+
+@pytest.mark.parametrize("pad_mode", ["reflect", "circular", "symmetric", "replicate"])
+def test_pad_mode_wider_than_the_input_in_2d(pad_mode):
+  """Kernel 9 x 4 on a 1 x 3 input, per-dimension pads wider than the input: the reference."""
   rng = np.random.default_rng(9)
-  x, k = rand(rng, (1, 1, 5)), rand(rng, (1, 1, 2))
-  kw = dict(flip=False, layout="NCW", kernel_layout="OIW", pad_mode=pad_mode)
-
-  def padding(p):
-    return {"both": p, "low": ((p, 0),), "high": ((0, p),)}[side]
-
-  out = fc.conv(x, k, padding=padding(largest_ok), **kw)
-  assert_close(out, reference(x, k, flip=False, padding=padding(largest_ok), pad_mode=pad_mode))
-  with pytest.raises(ValueError, match="pad_mode"):
-    fc.conv(x, k, padding=padding(largest_ok + 1), **kw)
-
-
-def test_pad_mode_limit_is_checked_per_dimension():
-  x, k = np.ones((1, 1, 3, 8), np.float32), np.ones((1, 1, 2, 2), np.float32)
-  kw = dict(flip=False, layout="NCHW", kernel_layout="OIHW", pad_mode="reflect")
-  assert fc.conv(x, k, padding=(2, 7), **kw).shape == (1, 1, 6, 21)
-  with pytest.raises(ValueError, match="spatial dimension 0"):
-    fc.conv(x, k, padding=(3, 7), **kw)
+  x, k = rand(rng, (2, 2, 1, 3)), rand(rng, (3, 2, 9, 4))
+  padding = ((4, 4), (5, 2))
+  out = fc.conv(
+    x, k, flip=True, layout="NCHW", kernel_layout="OIHW", padding=padding, pad_mode=pad_mode
+  )
+  assert out.shape == (2, 3, 1, 7)
+  assert_close(out, reference(x, k, flip=True, padding=padding, pad_mode=pad_mode))
 
 
 # --- scipy.signal --------------------------------------------------------------------------

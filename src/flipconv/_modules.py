@@ -26,11 +26,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax.linen import dtypes
+from jax import lax
 
-from flipconv import _padding
+from flipconv import _padding, _spec
 from flipconv._layouts import check_letters, generalize, spatial_letters
-from flipconv._validate import as_bool, as_int_tuple, is_int, shape_str
+from flipconv._validate import as_bool, as_int_tuple, choice, is_int, shape_str
 from flipconv.convert import KernelPlan, apply_plan, kernel_plan
 from flipconv.ops import conv
 from flipconv.registry import Convention, get_convention
@@ -39,6 +39,17 @@ from flipconv.transpose import conv_transpose
 # Flax's padding names that flipconv's ops spell as a pad mode: SAME-sized
 # pads ((k_eff - 1) // 2, k_eff // 2) whatever the stride, as flax.linen.Conv does.
 _FLAX_PAD_MODES = {"CIRCULAR": "circular", "REFLECT": "reflect"}
+
+# What a ConvTranspose's numeric padding pads: the forward conv it is the adjoint of
+# (PyTorch, ONNX, Keras, fc.conv_transpose) or the stride-dilated input (lax.conv_transpose,
+# so Flax).
+PADDING_MEANINGS = {
+  "forward": "forward",
+  "pytorch": "forward",
+  "dilated_input": "dilated_input",
+  "flax": "dilated_input",
+  "lax": "dilated_input",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,6 +275,72 @@ def flax_pairs(padding: Any) -> Any:
   return padding
 
 
+def padding_meaning_of(layer: Layer, meaning: Any) -> str:
+  """A ConvTranspose's ``padding_meaning``; ``None``: ``"dilated_input"`` for Flax's convention."""
+  if meaning is None:
+    return "dilated_input" if layer.own.name == "flax" else "forward"
+  return choice(meaning, "padding_meaning", layer.where, PADDING_MEANINGS)
+
+
+def _signed_pairs(padding: Any, n: int, where: str) -> tuple[tuple[int, int], ...]:
+  """Numeric padding as ``n`` ``(low, high)`` pairs; negative values crop, as in lax."""
+  if is_int(padding):
+    return ((int(padding), int(padding)),) * n
+  if isinstance(padding, Sequence) and len(padding) == n:
+    if all(is_int(p) for p in padding):
+      return tuple((int(p), int(p)) for p in padding)
+    if all(isinstance(p, Sequence) and len(p) == 2 and all(is_int(v) for v in p) for p in padding):
+      return tuple((int(lo), int(hi)) for lo, hi in padding)
+  return _padding.normalize_padding(padding, n, where)  # its error names the allowed forms
+
+
+def forward_padding(
+  padding: Any, k_eff: Sequence[int], where: str
+) -> tuple[Any, tuple[tuple[int, int], ...]]:
+  """Padding of the stride-dilated input (Flax's meaning) as the forward conv's padding.
+
+  The adjoint of a conv padded by ``(lo, hi)`` is a conv of the stride-dilated
+  input padded by ``(k_eff - 1 - lo, k_eff - 1 - hi)`` (with the output size
+  that makes it so), so Flax's ``(a, b)`` is :func:`flipconv.conv_transpose`'s
+  ``(k_eff - 1 - a, k_eff - 1 - b)``. Pads beyond ``k_eff - 1`` only add
+  outputs whose window sees no input: returned as zeros to add around the
+  output, per spatial dimension.
+  """
+  if isinstance(padding, str):
+    return padding, ()
+  pads = _signed_pairs(padding, len(k_eff), where)
+  forward = tuple(
+    (max(k - 1 - a, 0), max(k - 1 - b, 0)) for (a, b), k in zip(pads, k_eff, strict=True)
+  )
+  zeros = tuple(
+    (max(a - k + 1, 0), max(b - k + 1, 0)) for (a, b), k in zip(pads, k_eff, strict=True)
+  )
+  return forward, zeros if any(p != (0, 0) for p in zeros) else ()
+
+
+def conv_primitive(fn: Any, cls: Any, method: str, where: str) -> Any:
+  """The function a module's ``conv_general_dilated`` (``_cls``) names; ``None``: lax's.
+
+  ``conv_general_dilated_cls`` wins, and is called for the function, as in
+  ``flax.linen.Conv``. A replacement is called where ``lax.conv_general_dilated``
+  would be, so it rules out ``method="fft"``/``"auto"``.
+  """
+  if cls is not None:
+    fn = cls()
+  if fn is None or fn is lax.conv_general_dilated:
+    return None
+  if not callable(fn):
+    raise TypeError(
+      f"{where}: conv_general_dilated must be a function like lax.conv_general_dilated, got {fn!r}."
+    )
+  if method != "direct":
+    raise ValueError(
+      f"{where}: conv_general_dilated replaces lax.conv_general_dilated, which "
+      f"method={method!r} does not call; use method='direct' with it."
+    )
+  return fn
+
+
 def batch_dims(layer: Layer, x: jax.Array) -> tuple[jax.Array, tuple[int, ...] | None]:
   """Flax's allowance: any number of leading batch axes (0 included), flattened to one.
 
@@ -318,8 +395,19 @@ def apply(
   precision: Any,
   preferred_element_type: Any,
   method: str,
+  promote: Callable[[Any, Any, Any, Any], tuple[Any, Any, Any]],
+  conv_general_dilated: Any = None,
+  conv_kwargs: Any = None,
+  padding_meaning: Any = None,
 ) -> jax.Array:
-  """The layer's output: the conv (or transposed conv) of its convention, plus bias."""
+  """The layer's output: the conv (or transposed conv) of its convention, plus bias.
+
+  ``promote(x, kernel, bias, dtype)`` is the module's ``promote_dtype``;
+  ``conv_general_dilated`` (from :func:`conv_primitive`, forward conv only) and
+  ``conv_kwargs`` (more keywords for it, e.g. nnx's ``out_sharding``) replace
+  lax's conv; ``padding_meaning`` is a ConvTranspose's (see
+  :func:`padding_meaning_of`).
+  """
   where = layer.where
   x = jnp.asarray(x)
   x, batch_shape = batch_dims(layer, x)
@@ -330,7 +418,7 @@ def apply(
         f"{shape_str(kernel.shape)} (masks are in the module's kernel_layout)."
       )
     kernel = kernel * mask
-  x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
+  x, kernel, bias = promote(x, kernel, bias, dtype)
   layout = batched_layout(layer) if batch_shape is not None else layer.layout
   n = layer.n
   # Flax's spellings: None for 1 (flax's ConvTranspose defaults), ints mixed with pairs.
@@ -359,18 +447,95 @@ def apply(
         "yourself."
       )
     out_pad = as_int_tuple(output_padding, n, "output_padding", where, minimum=0)
+    zeros: tuple[tuple[int, int], ...] = ()
+    if padding_meaning_of(layer, padding_meaning) == "dilated_input":
+      k_eff = _padding.effective_sizes(layer.kernel_size, dilation)
+      padding, zeros = forward_padding(padding, k_eff, where)
     y = conv_transpose(
       x, kernel, padding=padding, output_padding=out_pad if any(out_pad) else None, **common
     )
+    if zeros:
+      y = _pad_zeros(layer, layout, y, zeros)
   else:
     padding, pad_mode = flax_padding(padding, pad_mode, layer.kernel_size, dilation, where)
-    y = conv(x, kernel, padding=padding, pad_mode=pad_mode, input_dilation=input_dilation, **common)
+    if conv_kwargs and conv_general_dilated is None:
+      if method != "direct":
+        raise ValueError(
+          f"{where}: {', '.join(conv_kwargs)} goes to lax.conv_general_dilated, which "
+          f"method={method!r} does not call; use method='direct' with it."
+        )
+      conv_general_dilated = lax.conv_general_dilated  # only lax's takes e.g. out_sharding
+    if conv_general_dilated is None:
+      y = conv(
+        x, kernel, padding=padding, pad_mode=pad_mode, input_dilation=input_dilation, **common
+      )
+    else:
+      y = _conv_with(
+        conv_general_dilated,
+        conv_kwargs,
+        x,
+        kernel,
+        padding,
+        pad_mode,
+        input_dilation,
+        common,
+        where,
+      )
   if bias is not None:
     c = layout.index("C")
     y = y + bias.reshape(tuple(-1 if a == c else 1 for a in range(y.ndim)))
   if batch_shape is not None:
     y = y.reshape((*batch_shape, *y.shape[1:]))
   return y
+
+
+def _pad_zeros(layer: Layer, layout: str, y: jax.Array, pads: Any) -> jax.Array:
+  """``y`` (laid out as ``layout``) zero-padded by ``pads`` (kernel-letter order)."""
+  widths = dict(zip(spatial_letters(layer.kernel_layout, "kernel"), pads, strict=True))
+  return jnp.pad(y, [widths.get(c, (0, 0)) for c in layout])
+
+
+def _conv_with(
+  fn: Any,
+  conv_kwargs: Any,
+  x: jax.Array,
+  kernel: Any,
+  padding: Any,
+  pad_mode: Any,
+  input_dilation: Any,
+  common: dict[str, Any],
+  where: str,
+) -> jax.Array:
+  """:func:`flipconv.conv` with ``fn`` called where it calls ``lax.conv_general_dilated``.
+
+  The operands go to ``fn`` as the module's ``promote_dtype`` left them, as in Flax.
+  """
+  call = _spec.resolve_conv(
+    x.shape,
+    kernel.shape,
+    flip=common["flip"],
+    convention=common["convention"],
+    strides=common["strides"],
+    padding=padding,
+    dilation=common["dilation"],
+    input_dilation=input_dilation,
+    groups=common["groups"],
+    layout=common["layout"],
+    kernel_layout=common["kernel_layout"],
+    out_layout=None,
+    pad_mode=pad_mode,
+    where=where,
+  )
+  return _spec.run(
+    x,
+    jnp.asarray(kernel),
+    call,
+    method="direct",
+    precision=common["precision"],
+    preferred_element_type=common["preferred_element_type"],
+    conv_general_dilated=fn,
+    conv_kwargs=conv_kwargs,
+  )
 
 
 def in_features_of(layer: Layer, x: Any) -> int:

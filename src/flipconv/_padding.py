@@ -145,24 +145,17 @@ def normalize_pad_mode(pad_mode: Any, where: str) -> str:
   return choice(pad_mode, "pad_mode", where, PAD_MODES)
 
 
-def check_pad_mode_fits(mode: str, sizes: Sequence[int], pads: Pads, where: str) -> None:
-  """PyTorch's limits: reflect needs pad < size; circular and symmetric pad <= size."""
-  for dim, (size, (lo, hi)) in enumerate(zip(sizes, pads, strict=True)):
-    big = max(lo, hi)
-    if mode == "reflect" and big >= size:
-      raise ValueError(
-        f"{where}: pad_mode='reflect' needs padding smaller than the input, but "
-        f"spatial dimension {dim} has size {size} and padding {(lo, hi)}."
-      )
-    if mode in ("circular", "symmetric") and big > size:
-      raise ValueError(
-        f"{where}: pad_mode={mode!r} needs padding at most the input size, but "
-        f"spatial dimension {dim} has size {size} and padding {(lo, hi)}."
-      )
-
-
 def apply_pad_mode(x: jnp.ndarray, mode: str, pads: Pads, axes: Sequence[int]) -> jnp.ndarray:
-  """Pads the spatial ``axes`` of ``x`` by ``pads`` with a non-zero ``mode``."""
+  """Pads the spatial ``axes`` of ``x`` by ``pads`` with a non-zero ``mode``.
+
+  Any width is allowed, as in ``numpy.pad``/``jnp.pad`` (and Flax's
+  ``"CIRCULAR"``/``"REFLECT"``): padding wider than the input wraps around
+  (``circular``) or reflects again (``reflect``, ``symmetric``) as many times
+  as needed, e.g. ``circular`` pads ``12`` by ``(3, 3)`` to ``21212121``, and a
+  single sample reflects to copies of itself. (PyTorch refuses ``reflect`` pads
+  ``>= size`` and ``circular`` pads ``> size``; where it accepts them the
+  results agree.)
+  """
   widths = [(0, 0)] * x.ndim
   for axis, pair in zip(axes, pads, strict=True):
     widths[axis] = pair

@@ -216,14 +216,13 @@ def resolve_conv(
         f"({layouts.spatial[dim]}): effective kernel size {k} (dilation {dilation[dim]}) > "
         f"input {size} + padding {(lo, hi)} ({ctx})."
       )
-  if pad_mode != "zeros" and any(p != (0, 0) for p in pads):
-    if any(d != 1 for d in input_dilation):
-      raise ValueError(
-        f"{where}: pad_mode={pad_mode!r} with input_dilation={input_dilation} is "
-        "not defined (the padded values would sit between dilated samples); use "
-        "pad_mode='zeros' or pad before dilating."
-      )
-    _padding.check_pad_mode_fits(pad_mode, x_sp, pads, where)
+  padded = pad_mode != "zeros" and any(p != (0, 0) for p in pads)
+  if padded and any(d != 1 for d in input_dilation):
+    raise ValueError(
+      f"{where}: pad_mode={pad_mode!r} with input_dilation={input_dilation} is "
+      "not defined (the padded values would sit between dilated samples); use "
+      "pad_mode='zeros' or pad before dilating."
+    )
   return ConvCall(layouts, flip, strides, pads, dilation, input_dilation, groups, pad_mode)
 
 
@@ -239,8 +238,17 @@ def run(
   method: str,
   precision: Any,
   preferred_element_type: Any,
+  conv_general_dilated: Any = None,
+  conv_kwargs: Any = None,
 ) -> jnp.ndarray:
-  """Executes a resolved conv: flip, pad mode, then one lax (or FFT) conv."""
+  """Executes a resolved conv: flip, pad mode, then one lax (or FFT) conv.
+
+  ``conv_general_dilated`` (method ``"direct"``): a function called instead of
+  ``lax.conv_general_dilated``, as Flax calls its ``conv_general_dilated``:
+  ``(x, kernel, strides, pads, lhs_dilation=, rhs_dilation=,
+  dimension_numbers=, feature_group_count=, precision=)``, plus
+  ``preferred_element_type`` when it is not ``None`` and ``conv_kwargs``.
+  """
   layouts = call.layouts
   if call.flip:
     kernel = lax.rev(kernel, layouts.spatial_axes("rhs"))
@@ -268,7 +276,12 @@ def run(
     method = _auto.choose_method(
       x.shape, kernel.shape, dtype=x.dtype, platform=_auto.platform_of(x), **kwargs
     )
-  if method == "fft":
+  if conv_general_dilated is not None:
+    if preferred_element_type is None:
+      del kwargs["preferred_element_type"]
+    strides, padding = kwargs.pop("window_strides"), kwargs.pop("padding")
+    y = conv_general_dilated(x, kernel, strides, padding, **kwargs, **(conv_kwargs or {}))
+  elif method == "fft":
     from flipconv import _fft_spmd
 
     y = _fft_spmd.conv_general_dilated_fft(x, kernel, **kwargs)

@@ -9,8 +9,9 @@ framework's layer computes, so weights load unchanged::
   fc.linen.Conv(16, (3, 3))                          # = flax.linen.Conv (NHWC, HWIO)
 
 With the default ``convention="flax"`` the layers are drop-in replacements for
-``flax.linen.Conv`` / ``ConvTranspose``: same parameter names, shapes,
-initialisers and outputs.
+``flax.linen.Conv`` / ``ConvTranspose``: Flax's attributes in Flax's order and
+with Flax's meanings, then flipconv's own (``convention``, ``flip``,
+``layout``, ...); the same parameter names, shapes, initial values and outputs.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax.core import meta
-from flax.linen import initializers
+from flax.linen import dtypes, initializers
 from flax.linen.linear import default_kernel_init
 
 from flipconv import _modules
@@ -50,9 +51,12 @@ def _call(
   input_dilation: Any = 1,
   pad_mode: Any = "zeros",
   output_padding: Any = 0,
+  conv_general_dilated: Any = None,
+  padding_meaning: Any = None,
 ) -> jax.Array:
   """The body shared by :class:`Conv` and :class:`ConvTranspose`."""
   method = check_method(module.method, layer.where)
+  promote_dtype = module.promote_dtype
   in_features = _modules.in_features_of(layer, inputs)
   groups = _modules.check_features(layer, in_features, module.features, module.feature_group_count)
 
@@ -94,6 +98,9 @@ def _call(
     precision=module.precision,
     preferred_element_type=module.preferred_element_type,
     method=method,
+    promote=lambda x, kernel, bias, dtype: promote_dtype(x, kernel, bias, dtype=dtype),
+    conv_general_dilated=conv_general_dilated,
+    padding_meaning=padding_meaning,
   )
 
 
@@ -122,25 +129,41 @@ class Conv(nn.Module):
     features: output channels.
     kernel_size: int (1-D, as in Flax, unless ``layout`` gives the rank) or
       one size per spatial dimension.
-    strides: int or one per spatial dimension.
+    strides: int or one per spatial dimension (``None``: 1).
     padding: every form of :func:`flipconv.conv` (``"SAME"``, ``"VALID"``,
       ``"SAME_LOWER"``, ``"FULL"``, ``"HALF"``, ``"CAUSAL"``, ints, pairs), and
-      Flax's ``"CIRCULAR"``/``"REFLECT"`` (SAME-sized pads of that mode).
-    flip: overrides the convention's flip.
-    convention: a registry name or :class:`flipconv.Convention`.
-    layout: overrides the convention's data layout (e.g. ``"NCHW"``).
-    kernel_layout: overrides the convention's kernel layout (e.g. ``"OIHW"``).
+      Flax's ``"CIRCULAR"``/``"REFLECT"`` (SAME-sized pads of that mode, of any
+      width: they wrap or reflect as often as needed, as ``jnp.pad`` does).
     input_dilation, kernel_dilation: int or one per spatial dimension.
     feature_group_count: feature groups (``== in_features``: depthwise).
-    pad_mode: ``"zeros"``, ``"reflect"``, ``"replicate"``, ``"circular"``,
-      ``"symmetric"`` (PyTorch's ``padding_mode``).
     use_bias: add a ``(features,)`` bias on the channel axis.
     mask: multiplies the kernel (same shape, in ``kernel_layout``).
     dtype: computation dtype (default: inferred from inputs and params).
     param_dtype: dtype of the parameters.
-    precision, preferred_element_type: passed to lax.
+    precision: passed to lax.
     kernel_init, bias_init: initialisers (see above).
+    promote_dtype: as in Flax: ``promote_dtype(inputs, kernel, bias,
+      dtype=dtype)`` returns the three in the computation dtype (after the mask).
+    conv_general_dilated: as in Flax: a function called instead of
+      ``lax.conv_general_dilated`` (e.g. a quantised conv, or a ``partial``
+      with ``preferred_element_type``). It is called once, as lax's function:
+      ``(x, kernel, strides, pads, lhs_dilation=, rhs_dilation=,
+      dimension_numbers=, feature_group_count=, precision=)``, with explicit
+      ``(low, high)`` pads (a pad mode is applied before it), the module's
+      layouts as ``dimension_numbers`` and the kernel already flipped where the
+      convention flips; so in every convention it computes what the layer
+      computes, with lax's conv replaced. Needs ``method="direct"``.
+    conv_general_dilated_cls: as in Flax: called with no arguments for the
+      function above (it wins over ``conv_general_dilated``).
+    flip: overrides the convention's flip.
+    convention: a registry name or :class:`flipconv.Convention`.
+    layout: overrides the convention's data layout (e.g. ``"NCHW"``).
+    kernel_layout: overrides the convention's kernel layout (e.g. ``"OIHW"``).
+    pad_mode: ``"zeros"``, ``"reflect"``, ``"replicate"``, ``"circular"``,
+      ``"symmetric"`` (PyTorch's ``padding_mode``; any width, as ``jnp.pad``).
     method: ``"direct"``, ``"fft"`` or ``"auto"`` (see :func:`flipconv.conv`).
+    preferred_element_type: passed to lax (and to ``conv_general_dilated``
+      when not ``None``).
 
   Examples:
     >>> import jax, jax.numpy as jnp, flipconv as fc
@@ -150,18 +173,14 @@ class Conv(nn.Module):
     (4, 2, 3, 3)
   """
 
+  # flax.linen.Conv's attributes, in its order (positional arguments mean the same) ...
   features: int
   kernel_size: int | Sequence[int]
-  strides: int | Sequence[int] = 1
+  strides: int | Sequence[int] | None = 1
   padding: Any = "SAME"
-  flip: bool | None = None
-  convention: Any = "flax"
-  layout: str | None = None
-  kernel_layout: str | None = None
-  input_dilation: int | Sequence[int] = 1
-  kernel_dilation: int | Sequence[int] = 1
+  input_dilation: int | Sequence[int] | None = 1
+  kernel_dilation: int | Sequence[int] | None = 1
   feature_group_count: int = 1
-  pad_mode: str = "zeros"
   use_bias: bool = True
   mask: Any = None
   dtype: Any = None
@@ -169,6 +188,15 @@ class Conv(nn.Module):
   precision: Any = None
   kernel_init: Initializer = default_kernel_init
   bias_init: Initializer = initializers.zeros_init()
+  promote_dtype: Callable[..., Any] = dtypes.promote_dtype
+  conv_general_dilated: Callable[..., Any] | None = None
+  conv_general_dilated_cls: Any = None
+  # ... then flipconv's.
+  flip: bool | None = None
+  convention: Any = "flax"
+  layout: str | None = None
+  kernel_layout: str | None = None
+  pad_mode: str = "zeros"
   method: str = "direct"
   preferred_element_type: Any = None
 
@@ -184,7 +212,16 @@ class Conv(nn.Module):
       layout=self.layout,
       kernel_layout=self.kernel_layout,
     )
-    return _call(self, inputs, layer, input_dilation=self.input_dilation, pad_mode=self.pad_mode)
+    return _call(
+      self,
+      inputs,
+      layer,
+      input_dilation=self.input_dilation,
+      pad_mode=self.pad_mode,
+      conv_general_dilated=_modules.conv_primitive(
+        self.conv_general_dilated, self.conv_general_dilated_cls, self.method, layer.where
+      ),
+    )
 
 
 class ConvTranspose(nn.Module):
@@ -198,14 +235,16 @@ class ConvTranspose(nn.Module):
   given); with ``"pytorch"`` the input is NCHW and ``kernel`` is a PyTorch
   ``ConvTranspose2d.weight`` as it is, ``(in, out // groups, kh, kw)``.
 
-  One deliberate difference from Flax: numeric ``padding`` is the *forward*
-  conv's padding (PyTorch's meaning: ``padding=1`` with a 3x3 kernel and stride
-  2 gives ``2 * in - 1``), while ``flax.linen.ConvTranspose`` pads the
-  stride-dilated input. String paddings (``"SAME"``, ``"VALID"``, ...) and the
-  default output sizes are the convention's (``"SAME"``: ``in * stride``;
-  ``"VALID"``: Flax's ``in * stride + max(k - stride, 0)`` for ``"flax"``,
-  PyTorch's ``(in - 1) * stride + k`` for ``"pytorch"``). ``output_padding``
-  (> 0) adds to the smallest size, as in PyTorch.
+  Numeric ``padding`` means what the convention's framework means by it
+  (``padding_meaning`` chooses explicitly): with ``convention="flax"`` Flax's
+  (``lax.conv_transpose``'s), the padding of the stride-dilated input; with
+  every other convention the *forward* conv's padding (PyTorch's meaning:
+  ``padding=1`` with a 3x3 kernel and stride 2 gives ``2 * in - 1``), as in
+  :func:`flipconv.conv_transpose`. String paddings (``"SAME"``, ``"VALID"``,
+  ...) and the default output sizes are the convention's (``"SAME"``: ``in *
+  stride``; ``"VALID"``: Flax's ``in * stride + max(k - stride, 0)`` for
+  ``"flax"``, PyTorch's ``(in - 1) * stride + k`` for ``"pytorch"``).
+  ``output_padding`` (> 0) adds to the size at the high end, as in PyTorch.
 
   ``kernel_init`` is called with Flax's kernel shape ``kernel_size + (in,
   features // groups)`` (``kernel_size + (features // groups, in)`` with
@@ -214,18 +253,26 @@ class ConvTranspose(nn.Module):
   Attributes:
     features: output channels.
     kernel_size: as in :class:`Conv`.
-    strides: the forward conv's strides (the upsampling factor).
-    padding: the forward conv's padding, every form of
-      :func:`flipconv.conv_transpose`.
+    strides: the forward conv's strides (the upsampling factor; ``None``: 1).
+    padding: every form of :func:`flipconv.conv_transpose`; numeric padding
+      as ``padding_meaning`` says.
+    kernel_dilation, use_bias, mask, dtype, param_dtype, precision,
+    kernel_init, bias_init, promote_dtype: as in :class:`Conv`.
+    transpose_kernel: Flax's option: the kernel is the forward conv's ``HWIO``
+      kernel (only meaningful with ``convention="flax"``).
+    preferred_element_type: passed to lax.
     output_padding: int or one per spatial dimension; ``0`` keeps the default
       size.
     flip, convention, layout, kernel_layout: as in :class:`Conv` (for the
       transposed kernel, in forward-conv letters).
-    kernel_dilation, feature_group_count, use_bias, mask, dtype, param_dtype,
-    precision, preferred_element_type, kernel_init, bias_init, method: as in
-      :class:`Conv`.
-    transpose_kernel: Flax's option: the kernel is the forward conv's ``HWIO``
-      kernel (only meaningful with ``convention="flax"``).
+    feature_group_count, method: as in :class:`Conv`.
+    padding_meaning: what numeric ``padding`` pads: ``"dilated_input"``
+      (alias ``"flax"``: the stride-dilated input, as ``lax.conv_transpose``
+      and Flax; ``(a, b)`` here is the forward conv's ``(k_eff - 1 - a, k_eff
+      - 1 - b)``) or ``"forward"`` (alias ``"pytorch"``: the forward conv's
+      padding, as PyTorch, ONNX and :func:`flipconv.conv_transpose`).
+      ``None``: ``"dilated_input"`` for ``convention="flax"``, else
+      ``"forward"``.
 
   Examples:
     >>> import jax, jax.numpy as jnp, flipconv as fc
@@ -234,19 +281,18 @@ class ConvTranspose(nn.Module):
     >>> params = layer.init(jax.random.key(0), x)
     >>> params["params"]["kernel"].shape, layer.apply(params, x).shape
     ((8, 3, 4, 4), (1, 3, 10, 10))
+    >>> flax_like = fc.linen.ConvTranspose(3, (4, 4), strides=2, padding=1)  # Flax's meaning
+    >>> x = jnp.ones((1, 5, 5, 8))
+    >>> flax_like.apply(flax_like.init(jax.random.key(0), x), x).shape
+    (1, 8, 8, 3)
   """
 
+  # flax.linen.ConvTranspose's attributes, in its order ...
   features: int
   kernel_size: int | Sequence[int]
-  strides: int | Sequence[int] = 1
+  strides: int | Sequence[int] | None = 1
   padding: Any = "SAME"
-  output_padding: int | Sequence[int] = 0
-  flip: bool | None = None
-  convention: Any = "flax"
-  layout: str | None = None
-  kernel_layout: str | None = None
-  kernel_dilation: int | Sequence[int] = 1
-  feature_group_count: int = 1
+  kernel_dilation: int | Sequence[int] | None = 1
   use_bias: bool = True
   mask: Any = None
   dtype: Any = None
@@ -255,8 +301,17 @@ class ConvTranspose(nn.Module):
   kernel_init: Initializer = default_kernel_init
   bias_init: Initializer = initializers.zeros_init()
   transpose_kernel: bool = False
-  method: str = "direct"
+  promote_dtype: Callable[..., Any] = dtypes.promote_dtype
   preferred_element_type: Any = None
+  # ... then flipconv's.
+  output_padding: int | Sequence[int] = 0
+  flip: bool | None = None
+  convention: Any = "flax"
+  layout: str | None = None
+  kernel_layout: str | None = None
+  feature_group_count: int = 1
+  method: str = "direct"
+  padding_meaning: str | None = None
 
   @nn.compact
   def __call__(self, inputs: Any) -> jax.Array:
@@ -271,7 +326,13 @@ class ConvTranspose(nn.Module):
       kernel_layout=self.kernel_layout,
       transpose_kernel=self.transpose_kernel,
     )
-    return _call(self, inputs, layer, output_padding=self.output_padding)
+    return _call(
+      self,
+      inputs,
+      layer,
+      output_padding=self.output_padding,
+      padding_meaning=self.padding_meaning,
+    )
 
 
 __all__ = ["Conv", "ConvTranspose"]

@@ -3,8 +3,9 @@
 The nnx twins of :mod:`flipconv.linen`: ``flipconv.nnx.Conv(in_features,
 out_features, kernel_size, convention=..., rngs=...)`` stores ``kernel`` in
 the convention's kernel layout; with the default ``convention="flax"`` it is a
-drop-in replacement for ``flax.nnx.Conv`` (same names, shapes, initialisers,
-random keys and outputs), and likewise :class:`ConvTranspose`.
+drop-in replacement for ``flax.nnx.Conv`` (every argument of Flax's, with
+Flax's meaning; the same names, shapes, initialisers, random keys and
+outputs), and likewise :class:`ConvTranspose`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax.nnx import variablelib
+from flax.nnx.nn import dtypes
 from flax.nnx.nn.linear import default_bias_init, default_kernel_init
+from jax import lax
 
 from flipconv import _modules
 from flipconv._spec import check_method
@@ -79,6 +82,7 @@ class _Base(nnx.Module):
       self.bias = nnx.data(None)
 
   def _apply(self, inputs: Any, **kwargs: Any) -> jax.Array:
+    promote_dtype = self.promote_dtype
     c = _modules.in_features_of(self.layer, inputs)
     if c != self.in_features:
       raise ValueError(
@@ -103,6 +107,7 @@ class _Base(nnx.Module):
       precision=self.precision,
       preferred_element_type=self.preferred_element_type,
       method=self.method,
+      promote=lambda x, kernel, bias, dtype: promote_dtype((x, kernel, bias), dtype=dtype),
       **kwargs,
     )
 
@@ -110,11 +115,15 @@ class _Base(nnx.Module):
 class Conv(_Base):
   """A convolution layer of any framework's convention (nnx).
 
-  The arguments mean what they mean for :class:`flipconv.linen.Conv`, plus
-  ``in_features``, ``rngs`` and Flax nnx's ``kernel_metadata`` /
-  ``bias_metadata`` (e.g. ``{"sharding": ("O", None, None, None)}``, naming
-  the axes of the module's own ``kernel_layout``); ``nnx.with_partitioning``
-  around ``kernel_init`` works too.
+  The arguments mean what they mean for :class:`flipconv.linen.Conv` (Flax's
+  first, in ``flax.nnx.Conv``'s order), plus ``in_features``, ``rngs`` and
+  Flax nnx's ``kernel_metadata`` / ``bias_metadata`` (e.g. ``{"sharding":
+  ("O", None, None, None)}``, naming the axes of the module's own
+  ``kernel_layout``); ``nnx.with_partitioning`` around ``kernel_init`` works
+  too. As in ``flax.nnx.Conv``, ``promote_dtype`` takes one tuple
+  (``promote_dtype((inputs, kernel, bias), dtype=dtype)``), the default
+  ``conv_general_dilated`` is ``lax.conv_general_dilated`` and a replacement
+  (see :class:`flipconv.linen.Conv`) also gets the call's ``out_sharding``.
 
   Examples:
     >>> import jax.numpy as jnp, flipconv as fc
@@ -129,17 +138,12 @@ class Conv(_Base):
     in_features: int,
     out_features: int,
     kernel_size: int | Sequence[int],
-    strides: int | Sequence[int] = 1,
+    strides: int | Sequence[int] | None = 1,
     *,
     padding: Any = "SAME",
-    flip: bool | None = None,
-    convention: Any = "flax",
-    layout: str | None = None,
-    kernel_layout: str | None = None,
-    input_dilation: int | Sequence[int] = 1,
-    kernel_dilation: int | Sequence[int] = 1,
+    input_dilation: int | Sequence[int] | None = 1,
+    kernel_dilation: int | Sequence[int] | None = 1,
     feature_group_count: int = 1,
-    pad_mode: str = "zeros",
     use_bias: bool = True,
     mask: Any = None,
     dtype: Any = None,
@@ -147,11 +151,18 @@ class Conv(_Base):
     precision: Any = None,
     kernel_init: Initializer = default_kernel_init,
     bias_init: Initializer = default_bias_init,
-    method: str = "direct",
+    conv_general_dilated: Callable[..., Any] = lax.conv_general_dilated,
+    promote_dtype: Callable[..., Any] = dtypes.promote_dtype,
     preferred_element_type: Any = None,
     rngs: nnx.Rngs,
     kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
     bias_metadata: Mapping[str, Any] = MappingProxyType({}),
+    flip: bool | None = None,
+    convention: Any = "flax",
+    layout: str | None = None,
+    kernel_layout: str | None = None,
+    pad_mode: str = "zeros",
+    method: str = "direct",
   ):
     where = "flipconv.nnx.Conv"
     layer = _modules.resolve(
@@ -175,6 +186,8 @@ class Conv(_Base):
     self.precision = precision
     self.method = check_method(method, where)
     self.preferred_element_type = preferred_element_type
+    self.conv_general_dilated = conv_general_dilated
+    self.promote_dtype = promote_dtype
     self._build(
       layer,
       in_features,
@@ -189,10 +202,20 @@ class Conv(_Base):
       bias_metadata=bias_metadata,
     )
 
-  def __call__(self, inputs: Any) -> jax.Array:
-    """Applies the convolution to ``inputs`` (laid out as the module's ``layout``)."""
+  def __call__(self, inputs: Any, out_sharding: Any = None) -> jax.Array:
+    """Applies the convolution to ``inputs`` (laid out as the module's ``layout``).
+
+    ``out_sharding``: as in ``flax.nnx.Conv``, passed to ``lax.conv_general_dilated``
+    (or the module's ``conv_general_dilated``); needs ``method="direct"``.
+    """
+    fn = _modules.conv_primitive(self.conv_general_dilated, None, self.method, self.layer.where)
     return self._apply(
-      inputs, input_dilation=self.input_dilation, pad_mode=self.pad_mode, output_padding=0
+      inputs,
+      input_dilation=self.input_dilation,
+      pad_mode=self.pad_mode,
+      output_padding=0,
+      conv_general_dilated=fn,
+      conv_kwargs=None if fn is None and out_sharding is None else {"out_sharding": out_sharding},
     )
 
 
@@ -200,8 +223,10 @@ class ConvTranspose(_Base):
   """A transposed convolution layer of any framework's convention (nnx).
 
   The arguments mean what they mean for :class:`flipconv.linen.ConvTranspose`
-  (numeric ``padding`` is the forward conv's, as in PyTorch), plus
-  ``in_features``, ``rngs``, ``kernel_metadata`` and ``bias_metadata``.
+  (Flax's first, in ``flax.nnx.ConvTranspose``'s order; numeric ``padding`` as
+  ``padding_meaning`` says: Flax's with ``convention="flax"``, the forward
+  conv's otherwise), plus ``in_features``, ``rngs``, ``kernel_metadata`` and
+  ``bias_metadata``; ``promote_dtype`` takes one tuple, as in nnx.
 
   Examples:
     >>> import jax.numpy as jnp, flipconv as fc
@@ -217,16 +242,10 @@ class ConvTranspose(_Base):
     in_features: int,
     out_features: int,
     kernel_size: int | Sequence[int],
-    strides: int | Sequence[int] = 1,
+    strides: int | Sequence[int] | None = 1,
     *,
     padding: Any = "SAME",
-    output_padding: int | Sequence[int] = 0,
-    flip: bool | None = None,
-    convention: Any = "flax",
-    layout: str | None = None,
-    kernel_layout: str | None = None,
-    kernel_dilation: int | Sequence[int] = 1,
-    feature_group_count: int = 1,
+    kernel_dilation: int | Sequence[int] | None = 1,
     use_bias: bool = True,
     mask: Any = None,
     dtype: Any = None,
@@ -235,11 +254,19 @@ class ConvTranspose(_Base):
     kernel_init: Initializer = default_kernel_init,
     bias_init: Initializer = default_bias_init,
     transpose_kernel: bool = False,
-    method: str = "direct",
+    promote_dtype: Callable[..., Any] = dtypes.promote_dtype,
     preferred_element_type: Any = None,
     rngs: nnx.Rngs,
     kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
     bias_metadata: Mapping[str, Any] = MappingProxyType({}),
+    output_padding: int | Sequence[int] = 0,
+    flip: bool | None = None,
+    convention: Any = "flax",
+    layout: str | None = None,
+    kernel_layout: str | None = None,
+    feature_group_count: int = 1,
+    method: str = "direct",
+    padding_meaning: str | None = None,
   ):
     where = "flipconv.nnx.ConvTranspose"
     layer = _modules.resolve(
@@ -264,6 +291,9 @@ class ConvTranspose(_Base):
     self.transpose_kernel = transpose_kernel
     self.method = check_method(method, where)
     self.preferred_element_type = preferred_element_type
+    self.promote_dtype = promote_dtype
+    self.padding_meaning = padding_meaning
+    _modules.padding_meaning_of(layer, padding_meaning)  # checked now, not at the first call
     self._build(
       layer,
       in_features,
@@ -281,7 +311,11 @@ class ConvTranspose(_Base):
   def __call__(self, inputs: Any) -> jax.Array:
     """Applies the transposed convolution to ``inputs``."""
     return self._apply(
-      inputs, input_dilation=1, pad_mode="zeros", output_padding=self.output_padding
+      inputs,
+      input_dilation=1,
+      pad_mode="zeros",
+      output_padding=self.output_padding,
+      padding_meaning=self.padding_meaning,
     )
 
 

@@ -68,7 +68,8 @@ def conv(
     pad_mode: ``"zeros"``, ``"reflect"`` (``1234 -> 32123432`` for padding 2),
       ``"replicate"`` (``11123444``), ``"circular"`` (``34123412``),
       ``"symmetric"`` (``21123443``); NumPy's ``"constant"``, ``"edge"``,
-      ``"wrap"`` are aliases.
+      ``"wrap"`` are aliases. Any width, as ``numpy.pad``: padding wider than
+      the input wraps or reflects again (``12`` circular by 3: ``21212121``).
     method: ``"direct"`` (one ``lax.conv_general_dilated``), ``"fft"`` or ``"auto"``.
     precision: passed to lax.
     preferred_element_type: passed to lax (accumulation/output dtype).
