@@ -303,7 +303,7 @@ def target_layers(like: Any, where: str) -> tuple[list[TargetLayer], bool]:
   collections = isinstance(like, Mapping) and "params" in like
   nnx_state = _is_nnx_state(like)
   variables = _nnx_variables(like) if nnx_state else {}
-  layers: dict[tuple[str, ...], TargetLayer] = {}
+  entries: list[tuple[str, list[str], int]] = []  # (collection, names, index)
   # Walk like's mappings in their own order (jax's flattening sorts dict keys).
   for keys, index in _ordered_paths(like, by_path):
     names = [_key_name(k) for k in keys]
@@ -318,20 +318,29 @@ def target_layers(like: Any, where: str) -> tuple[list[TargetLayer], bool]:
       collection = variables.get(tuple(names), "")
       if collection not in _COLLECTIONS:
         continue
-    if not names:
-      continue
+    if names:
+      entries.append((collection, names, index))
+  if collections:
+    # params first, whatever like's key order: it holds every layer with weights in
+    # like's order; batch_stats only adds layers that have nothing else.
+    entries.sort(key=lambda e: _COLLECTIONS.index(e[0]))
+  layers: dict[tuple[str, ...], TargetLayer] = {}
+  sequences: dict[str, dict[tuple[str, ...], None]] = {}
+  for collection, names, index in entries:
     head, key = tuple(names[:-1]), names[-1]
     target = "/".join(([collection] if collections else []) + names)
     layer = layers.get(head)
     if layer is None:
       layer = layers[head] = TargetLayer("/".join(head), head, {}, "")
     layer.leaves[key] = TargetLeaf(target, key, index, flat[index][1])
+    sequences.setdefault(collection, {})[head] = None
   out = list(layers.values())
   for layer in out:
     layer.kind = target_kind(layer.path, layer.leaves)
-  paths = [layer.parts for layer in out]
-  ordered = paths != sorted(paths) or len({layer.kind for layer in out}) < 2
-  if paths == sorted(paths):
+  # Sorted keys in every collection (jax.eval_shape, nnx.state): the call order is lost.
+  is_sorted = all(list(seq) == sorted(seq) for seq in sequences.values())
+  ordered = not is_sorted or len({layer.kind for layer in out}) < 2
+  if is_sorted:
     out.sort(key=lambda layer: tuple(_natural(p) for p in layer.parts))
   return out, ordered
 
