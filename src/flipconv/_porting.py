@@ -397,8 +397,17 @@ class Pairing:
   by: str  # "name", "order" or ""
 
 
+# linen names the items of a list attribute of setup() "layer1_0" where PyTorch's
+# nn.Sequential says "layer1.0"; Flax's own auto names (Conv_0) are capitalised.
+_LIST_ITEM = re.compile(r"([a-z]\w*?)_(\d+)")
+
+
 def _norm(parts: Sequence[str]) -> str:
-  return ".".join(parts).lower()
+  split = []
+  for p in parts:
+    m = _LIST_ITEM.fullmatch(p)
+    split += [m[1], m[2]] if m else [p]
+  return ".".join(split).lower()
 
 
 def _compatible(target: str, source: str) -> bool:
