@@ -750,6 +750,51 @@ def _out_channels(shape: tuple[int, ...], plan: KernelPlan | None) -> int | None
   return shape[layout.index(letter)] if letter in layout else None
 
 
+def _warn_flatten(
+  pairs: list[Pairing],
+  source_order: list[SourceLayer] | None,
+  conv_out: Mapping[int, int | None],
+  dense_in: list[tuple[Pairing, int]],
+  where: str,
+) -> None:
+  """Warns for each dense layer whose inputs are a multiple of the previous conv's channels.
+
+  "Previous" is in the target's call order where ``like`` keeps it, else in the
+  source's own order (a state_dict lists its layers as the model registers them;
+  sorted target keys put ``fc`` before ``layer1``).
+  """
+  if not dense_in:
+    return
+  if source_order is None:
+    sequence = [(id(p), p.target.kind) for p in pairs]
+  else:
+    by_source = {id(p.source): p for p in pairs if p.source is not None}
+    sequence = [
+      (id(by_source[id(s)]), by_source[id(s)].target.kind)
+      for s in source_order
+      if id(s) in by_source
+    ]
+  position = {key: i for i, (key, _) in enumerate(sequence)}
+  for pair, inputs in dense_in:
+    i = position.get(id(pair))
+    if i is None:
+      continue
+    channels = next(
+      (conv_out.get(key) for key, kind in reversed(sequence[:i]) if kind == "conv"), None
+    )
+    if channels and inputs > channels and inputs % channels == 0:
+      path = pair.target.path
+      warnings.warn(
+        f"{where}: dense layer {path!r} has {inputs} inputs, {inputs // channels} x "
+        f"the {channels} channels of the conv before it: if it follows a flatten, "
+        f"its rows are in the source's flatten order. Pass flatten={{{path!r}: "
+        f"('CHW', 'HWC', {{'C': {channels}, ...}})}} (the orders both sides flatten "
+        "in), or a rule that maps it to itself to silence this.",
+        FlattenWarning,
+        stacklevel=4,
+      )
+
+
 def port(
   source: Any,
   src: Convention,
@@ -797,7 +842,8 @@ def port(
   results: dict[int, Any] = {}
   unmatched: list[str] = []
   mismatched: list[str] = []
-  channels: int | None = None
+  conv_out: dict[int, int | None] = {}  # id(pair) -> the conv's output channels
+  dense_in: list[tuple[Pairing, int]] = []  # dense layers with no flatten rule, their inputs
   for pair in pairs:
     t, s = pair.target, pair.source
     rule = next((r for r in rules if _glob(r.pattern).fullmatch(t.path)), None)
@@ -847,19 +893,9 @@ def port(
           f"{shape_str(lp.new_shape)} ({lp.change}), like has {shape_str(want)}"
         )
       if t.kind == "conv" and key == "kernel":
-        channels = _out_channels(want, lp.kernel)
-      elif t.kind == "dense" and key == "kernel" and rule is None and channels:
-        inputs = want[dst.linear_layout.index("I")]
-        if inputs > channels and inputs % channels == 0:
-          warnings.warn(
-            f"{where}: dense layer {t.path!r} has {inputs} inputs, {inputs // channels} x "
-            f"the {channels} channels of the conv before it: if it follows a flatten, "
-            f"its rows are in the source's flatten order. Pass flatten={{{t.path!r}: "
-            f"('CHW', 'HWC', {{'C': {channels}, ...}})}} (the orders both sides flatten "
-            "in), or a rule that maps it to itself to silence this.",
-            FlattenWarning,
-            stacklevel=4,
-          )
+        conv_out[id(pair)] = _out_channels(want, lp.kernel)
+      elif t.kind == "dense" and key == "kernel" and rule is None:
+        dense_in.append((pair, want[dst.linear_layout.index("I")]))
       rows.append(
         PlanRow(
           tleaf.target,
@@ -875,6 +911,9 @@ def port(
       )
       if convert and lp.new_shape == want:
         results[tleaf.index] = place(apply_leaf(value, lp), tleaf.value)
+  _warn_flatten(
+    pairs, sources if listed is None and not ordered else None, conv_out, dense_in, where
+  )
   unused = [leaf.name for leaf in unused_leaves]
   for p in pairs:
     if p.source is not None:
@@ -902,7 +941,7 @@ def port(
         + ". Name the layers alike, give order=, or pass strict=False to keep like's "
         "values for the unmatched target leaves."
       )
-    warnings.warn(f"{where}: " + "; ".join(text) + ".", UnmatchedWarning, stacklevel=4)
+    warnings.warn(f"{where}: " + "; ".join(text) + ".", UnmatchedWarning, stacklevel=3)
   if not convert:
     return rows, None
   flat, treedef = jax.tree_util.tree_flatten(like)
