@@ -580,19 +580,22 @@ def plan_leaf(
     what = "transposed conv" if plan.kind == "conv_transpose" else "conv"
     return LeafPlan(_kernel_words(plan, what), plan.new_shape(shape), plan)
   if target.kind == "dense" and tleaf.key == "kernel" and len(shape) == 2:
+    # A Flax dense kernel (nn.Dense, nnx.Linear) is (in, out) whatever dst's convs
+    # are (fc.linen convs of convention="pytorch" sit next to a plain nn.Dense); dst's
+    # own linear_layout only where like's shape asks for it.
+    layouts = [dst if dst.linear_layout == "IO" else dataclasses.replace(dst, linear_layout="IO")]
+    if dst.linear_layout != "IO":
+      layouts.append(dst)
+    kwargs = {}
+    what = "dense"
     if flatten is not None:
-      plan = linear_plan(
-        shape,
-        src,
-        dst,
-        feature_shape=dict(flatten.sizes),
-        feature_order=(flatten.src_order, flatten.dst_order),
-        where=where,
-      )
+      kwargs = {
+        "feature_shape": dict(flatten.sizes),
+        "feature_order": (flatten.src_order, flatten.dst_order),
+      }
       what = f"dense after flatten {flatten.src_order} -> {flatten.dst_order}"
-    else:
-      plan = linear_plan(shape, src, dst, where=where)
-      what = "dense"
+    plans = [linear_plan(shape, src, d, where=where, **kwargs) for d in layouts]
+    plan = next((p for p in plans if p.new_shape(shape) == want), plans[0])
     return LeafPlan(_kernel_words(plan, what), plan.new_shape(shape), plan)
   if sleaf.key == "inv_std":
     eps = _INV_STD_EPSILON.get(src.name, 1e-4) if epsilon is None else float(epsilon)
@@ -895,7 +898,8 @@ def port(
       if t.kind == "conv" and key == "kernel":
         conv_out[id(pair)] = _out_channels(want, lp.kernel)
       elif t.kind == "dense" and key == "kernel" and rule is None:
-        dense_in.append((pair, want[dst.linear_layout.index("I")]))
+        layout = lp.kernel.dst_layout if lp.kernel is not None else "IO"
+        dense_in.append((pair, want[layout.index("I")]))
       rows.append(
         PlanRow(
           tleaf.target,
