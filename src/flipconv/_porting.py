@@ -760,7 +760,7 @@ def _warn_flatten(
   dense_in: list[tuple[Pairing, int]],
   where: str,
 ) -> None:
-  """Warns for each dense layer whose inputs are a multiple of the previous conv's channels.
+  """Warns for each dense layer right after a conv whose inputs are a multiple of its channels.
 
   "Previous" is in the target's call order where ``like`` keeps it, else in the
   source's own order (a state_dict lists its layers as the model registers them;
@@ -782,9 +782,11 @@ def _warn_flatten(
     i = position.get(id(pair))
     if i is None:
       continue
-    channels = next(
-      (conv_out.get(key) for key, kind in reversed(sequence[:i]) if kind == "conv"), None
+    # The nearest conv or dense layer before it: after a dense layer, no feature map.
+    key, kind = next(
+      ((k, kd) for k, kd in reversed(sequence[:i]) if kd in ("conv", "dense")), (0, "")
     )
+    channels = conv_out.get(key) if kind == "conv" else None
     if channels and inputs > channels and inputs % channels == 0:
       path = pair.target.path
       warnings.warn(
