@@ -576,7 +576,17 @@ def plan_leaf(
     else:
       kinds = ["conv", "conv_transpose"]
     plans = [kernel_plan(len(shape), src, dst, kind=k, where=where) for k in kinds]
-    plan = next((p for p in plans if p.new_shape(shape) == want), plans[0])
+    plan = next((p for p in plans if p.new_shape(shape) == want), None)
+    if plan is None and kind_hint is None:
+      # Keras 3 names a DepthwiseConv2D's (kh, kw, C, multiplier) kernel "kernel", and a
+      # list has no names at all: a depthwise kernel is known by the target's shape.
+      try:
+        dw = depthwise_plan(shape, src, dst, where=where)
+      except ValueError:
+        dw = None
+      if dw is not None and dw.new_shape(shape) == want:
+        return LeafPlan(_kernel_words(dw, "depthwise"), want, dw)
+    plan = plan or plans[0]
     what = "transposed conv" if plan.kind == "conv_transpose" else "conv"
     return LeafPlan(_kernel_words(plan, what), plan.new_shape(shape), plan)
   if target.kind == "dense" and tleaf.key == "kernel" and len(shape) == 2:
