@@ -414,10 +414,39 @@ def _compatible(target: str, source: str) -> bool:
   return target == source or "other" in (target, source)
 
 
+def _find_embeddings(targets: list[TargetLayer], sources: list[SourceLayer]) -> None:
+  """Source layers of a lone rank-2 weight that are the target's missing embeddings.
+
+  Such a layer (GPT-2's ``wte``, a ``tok`` or ``emb`` module) looks like a Linear
+  without bias; where the target has more embedding tables than the source has
+  layers named like one, the first such layers whose shape is a missing table's
+  (vocabulary, features) are taken for embeddings.
+  """
+  tables = [
+    _shape(t.leaves["embedding"].value)
+    for t in targets
+    if t.kind == "embed" and "embedding" in t.leaves
+  ]
+  for s in sources:
+    if s.kind == "embed" and len(s.leaves) == 1:
+      shape = _shape(next(iter(s.leaves.values())).value)
+      if shape in tables:
+        tables.remove(shape)
+  for s in sources:
+    if not tables:
+      return
+    if s.kind == "dense" and len(s.leaves) == 1:
+      shape = _shape(next(iter(s.leaves.values())).value)
+      if shape in tables:
+        s.kind = "embed"
+        tables.remove(shape)
+
+
 def match_layers(
   targets: list[TargetLayer], sources: list[SourceLayer]
 ) -> tuple[list[Pairing], list[SourceLayer]]:
   """Pairs target and source layers: by name first, then by order within each kind."""
+  _find_embeddings(targets, sources)
   by_name: dict[str, list[SourceLayer]] = {}
   for s in sources:
     by_name.setdefault(_norm(s.parts), []).append(s)
