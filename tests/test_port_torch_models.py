@@ -642,3 +642,14 @@ def test_text_cnn(textcnn, nchw, abstract):
   assert np.shape(variables["params"]["PReLU_0"]["negative_slope"]) == ()
   want = torch_run(textcnn, tokens.astype(np.int64))
   assert_matches(jax.jit(model.apply)(variables, tokens), want)
+
+
+def test_text_cnn_embedding_under_a_name_that_does_not_say_so(textcnn):
+  # GPT-2 calls its token embedding "wte": a lone rank-2 weight, like a Linear without bias.
+  sd = {k.replace("embedding.", "wte."): v for k, v in textcnn.state_dict().items()}
+  tokens = np.random.default_rng(9).integers(0, VOCAB, (3, 11)).astype(np.int32)
+  model = TextCNN()
+  like = model.init(KEY, tokens)
+  variables = fc.convert_params(sd, "pytorch", "flax", like=like)
+  want = torch_run(textcnn, tokens.astype(np.int64))
+  assert_matches(jax.jit(model.apply)(variables, tokens), want)
