@@ -159,10 +159,16 @@ def lasagne_forward(x, params):
 
 
 class LasagneNet(nn.Module):
+  nchw: bool = False  # fc.linen's lasagne layer: NCHW, W as Lasagne holds it
+
   @nn.compact
-  def __call__(self, x):  # NHWC
-    x = nn.Conv(L_COUT, (L_K, L_K), padding="VALID")(x)
-    x = nn.relu(nn.BatchNorm(use_running_average=True, epsilon=L_EPS)(x))
+  def __call__(self, x):  # NHWC, or NCHW
+    if self.nchw:
+      x = fc.linen.Conv(L_COUT, (L_K, L_K), padding="VALID", convention="lasagne")(x)
+    else:
+      x = nn.Conv(L_COUT, (L_K, L_K), padding="VALID")(x)
+    bn = nn.BatchNorm(use_running_average=True, epsilon=L_EPS, axis=1 if self.nchw else -1)
+    x = nn.relu(bn(x))
     return nn.Dense(L_OUT)(x.reshape(x.shape[0], -1))
 
 
@@ -192,6 +198,21 @@ def test_lasagne_npz_list(tmp_path, from_file):
     "batch_stats/BatchNorm_0/mean",
     "batch_stats/BatchNorm_0/var",
   ]
+
+
+def test_lasagne_onto_fc_linen_lasagne_layers():
+  params = lasagne_params()
+  x = rand((2, L_CIN, *L_HW), 4)
+  net = LasagneNet(nchw=True)
+  like = net.init(KEY, x)
+  # Both flatten NCHW: the identity rule says so (and silences the FlattenWarning).
+  flatten = {"Dense_0": ("CHW", "CHW", {"C": L_COUT, "H": L_H, "W": L_W})}
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    variables = fc.convert_params(params, "lasagne", "lasagne", like=like, flatten=flatten)
+  np.testing.assert_array_equal(variables["params"]["Conv_0"]["kernel"], params[0])
+  np.testing.assert_array_equal(variables["params"]["Dense_0"]["kernel"], params[6])
+  assert_matches(jax.jit(net.apply)(variables, x), lasagne_forward(x, params))
 
 
 def test_lasagne_list_needs_an_ordered_like():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -276,9 +277,12 @@ def test_resnet_onto_named_linen_from_eval_shape(resnet):
   like = jax.eval_shape(model.init, KEY, nhwc(x))
   variables = fc.convert_params(resnet.state_dict(), "pytorch", "flax", like=like)
   assert jax.tree.structure(variables) == jax.tree.structure(like)
-  chex_leaves = jax.tree.leaves(variables)
-  assert all(isinstance(v, np.ndarray) for v in chex_leaves)  # like had no arrays: NumPy
+  assert all(isinstance(v, np.ndarray) for v in jax.tree.leaves(variables))  # like: no arrays
   assert_matches(jax.jit(model.apply)(variables, nhwc(x)), torch_run(resnet, x))
+  # A FrozenDict like gives a FrozenDict, with the same leaves.
+  frozen = fc.convert_params(resnet.state_dict(), "pytorch", "flax", like=flax.core.freeze(like))
+  assert isinstance(frozen, flax.core.FrozenDict)
+  jax.tree.map(np.testing.assert_array_equal, flax.core.unfreeze(frozen), variables)
 
 
 def test_resnet_plan_names_every_source_tensor_as_the_state_dict_does(resnet):
@@ -374,6 +378,23 @@ def test_resnet_onto_nnx_state_from_requires_grad_tensors(resnet):
     np.asarray(model.layer2[0].bn1.var[...]), resnet.layer2[0].bn1.running_var.numpy()
   )
   assert_matches(nnx.jit(lambda m, x: m(x))(model, nhwc(x)), torch_run(resnet, x))
+
+
+def test_resnet_onto_an_abstract_nnx_model(resnet):
+  # nnx.eval_shape builds no weights; split, port, merge.
+  x = image((2, 3, 32, 32))
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: NnxResNet(nnx.Rngs(0))))
+  model = nnx.merge(graphdef, fc.convert_params(resnet.state_dict(), "pytorch", "flax", like=state))
+  assert_matches(nnx.jit(lambda m, x: m(x))(model, nhwc(x)), torch_run(resnet, x))
+
+
+def test_torch_tensors_without_like(resnet):
+  out = fc.convert_params(resnet.state_dict(keep_vars=True), "pytorch", "flax")
+  kernel = out["layer2.0.downsample.0.weight"]
+  assert isinstance(kernel, np.ndarray)
+  want = resnet.layer2[0].downsample[0].weight.detach().numpy().transpose(2, 3, 1, 0)
+  np.testing.assert_array_equal(kernel, want)
+  assert isinstance(out["layer1.0.bn1.running_var"], np.ndarray)
 
 
 # ---------------------------------------------------------------------------
