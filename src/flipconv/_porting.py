@@ -867,6 +867,14 @@ def port(
   if order is not None:
     targets, ordered = _check_order(order, targets, where), True
   rules = parse_flatten(flatten, where)
+  dense = [t.path for t in targets if t.kind == "dense"]
+  idle = [r.pattern for r in rules if not any(_glob(r.pattern).fullmatch(p) for p in dense)]
+  if idle:
+    # A misspelt glob would leave the dense layer in the source's order, silently.
+    raise ValueError(
+      f"{where}: flatten pattern(s) {idle} match no dense layer of like; its dense "
+      f"layers are {dense or 'none'}."
+    )
   kinds = _select_kinds(select, targets, where)
   sources, listed = source_layers(source, where)
   if listed is not None:
