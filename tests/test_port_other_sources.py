@@ -471,3 +471,11 @@ def test_convert_linear_kernel_feature_order_jax_array_and_errors():
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     fc.convert_linear_kernel(np.asarray(w), "pytorch", "flax", feature_shape=(2, 3, 4))
+
+
+def test_flatten_glob_that_matches_no_dense_layer_is_an_error():
+  like = LasagneNet().init(KEY, jnp.zeros((1, *L_HW, L_CIN)))
+  rule = L_FLATTEN["Dense_0"]
+  for pattern in ("dense_0", "Conv_0"):
+    with pytest.raises(ValueError, match=rf"{pattern}.*'Dense_0'"):
+      fc.plan_params(lasagne_params(), "lasagne", "flax", like=like, flatten={pattern: rule})
