@@ -321,8 +321,8 @@ def target_layers(like: Any, where: str) -> tuple[list[TargetLayer], bool]:
     if names:
       entries.append((collection, names, index))
   if collections:
-    # params first, whatever like's key order: it holds every layer with weights in
-    # like's order; batch_stats only adds layers that have nothing else.
+    # A layer's params leaves first (scale, bias, then mean, var), whatever like's
+    # key order; the layers' order is merged from the collections below.
     entries.sort(key=lambda e: _COLLECTIONS.index(e[0]))
   layers: dict[tuple[str, ...], TargetLayer] = {}
   sequences: dict[str, dict[tuple[str, ...], None]] = {}
@@ -334,7 +334,7 @@ def target_layers(like: Any, where: str) -> tuple[list[TargetLayer], bool]:
       layer = layers[head] = TargetLayer("/".join(head), head, {}, "")
     layer.leaves[key] = TargetLeaf(target, key, index, flat[index][1])
     sequences.setdefault(collection, {})[head] = None
-  out = list(layers.values())
+  out = [layers[head] for head in _merged_order(list(sequences.values()))]
   for layer in out:
     layer.kind = target_kind(layer.path, layer.leaves)
   # Sorted keys in every collection (jax.eval_shape, nnx.state): the call order is lost.
@@ -343,6 +343,22 @@ def target_layers(like: Any, where: str) -> tuple[list[TargetLayer], bool]:
   if is_sorted:
     out.sort(key=lambda layer: tuple(_natural(p) for p in layer.parts))
   return out, ordered
+
+
+def _merged_order(sequences: list[Mapping[tuple[str, ...], None]]) -> list[tuple[str, ...]]:
+  """The layers of several collections in one order: the first collection's (params,
+  every layer with weights), each layer only in a later one (a BatchNorm without scale
+  and bias has only batch_stats) placed right after the layer before it there."""
+  order: list[tuple[str, ...]] = []
+  for seq in sequences:
+    position = 0
+    for head in seq:
+      if head in order:
+        position = order.index(head) + 1
+      else:
+        order.insert(position, head)
+        position += 1
+  return order
 
 
 def _ordered_paths(like: Any, by_path: Mapping[tuple[Any, ...], int]) -> list[tuple[tuple, int]]:
