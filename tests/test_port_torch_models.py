@@ -674,3 +674,37 @@ def test_text_cnn_embedding_under_a_name_that_does_not_say_so(textcnn):
   variables = fc.convert_params(sd, "pytorch", "flax", like=like)
   want = torch_run(textcnn, tokens.astype(np.int64))
   assert_matches(jax.jit(model.apply)(variables, tokens), want)
+
+
+# ---------------------------------------------------------------------------
+# A BatchNorm without scale and bias: a layer that only batch_stats has
+
+
+class TorchPlainBN(tnn.Module):
+  def __init__(self):
+    super().__init__()
+    self.c1, self.b1 = tnn.Conv2d(3, 4, 3, padding=1), tnn.BatchNorm2d(4, affine=False)
+    self.c2, self.b2 = tnn.Conv2d(4, 4, 3, padding=1), tnn.BatchNorm2d(4)
+    self.fc = tnn.Linear(4, 2)
+
+  def forward(self, x):
+    x = torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+    return self.fc(x.mean((2, 3)))
+
+
+class PlainBN(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    bn = functools.partial(nn.BatchNorm, use_running_average=True)
+    x = nn.relu(bn(use_scale=False, use_bias=False)(nn.Conv(4, (3, 3), padding=1)(x)))
+    x = nn.relu(bn()(nn.Conv(4, (3, 3), padding=1)(x)))
+    return nn.Dense(2)(x.mean((1, 2)))
+
+
+def test_batchnorm_without_scale_and_bias_keeps_its_place():
+  net = randomize(TorchPlainBN(), seed=10)
+  x = image((2, 3, 8, 8), seed=11)
+  model = PlainBN()
+  like = model.init(KEY, nhwc(x))
+  variables = fc.convert_params(net.state_dict(), "pytorch", "flax", like=like)
+  assert_matches(jax.jit(model.apply)(variables, nhwc(x)), torch_run(net, x))
