@@ -708,3 +708,18 @@ def test_batchnorm_without_scale_and_bias_keeps_its_place():
   like = model.init(KEY, nhwc(x))
   variables = fc.convert_params(net.state_dict(), "pytorch", "flax", like=like)
   assert_matches(jax.jit(model.apply)(variables, nhwc(x)), torch_run(net, x))
+
+
+def test_unet_from_eval_shape_needs_order(unet):
+  # Sorted keys put ConvTranspose_* after every Conv_*: order matching must not guess.
+  x = image((2, 3, 8, 8), seed=5)
+  model = UNet()
+  like = jax.eval_shape(model.init, KEY, nhwc(x))
+  with pytest.raises(ValueError, match="order="):
+    fc.convert_params(unet.state_dict(), "pytorch", "flax", like=like)
+  order = ["Conv_0", "BatchNorm_0", "Conv_1", "ConvTranspose_0", "Conv_2", "ConvTranspose_1"]
+  variables = fc.convert_params(
+    unet.state_dict(), "pytorch", "flax", like=like, order=[*order, "Conv_3"]
+  )
+  got = np.moveaxis(np.asarray(jax.jit(model.apply)(variables, nhwc(x))), -1, 1)
+  assert_matches(got, torch_run(unet, x))
