@@ -418,12 +418,26 @@ class Pairing:
 _LIST_ITEM = re.compile(r"([a-z]\w*?)_(\d+)")
 
 
-def _norm(parts: Sequence[str]) -> str:
-  split = []
+def _split(parts: Sequence[str]) -> tuple[str, ...]:
+  split: list[str] = []
   for p in parts:
     m = _LIST_ITEM.fullmatch(p)
     split += [m[1], m[2]] if m else [p]
-  return ".".join(split).lower()
+  return tuple(p.lower() for p in split)
+
+
+def _norm(parts: Sequence[str]) -> str:
+  return ".".join(_split(parts))
+
+
+def _indices(names: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], set[str]]:
+  """For each list in a model (the names before an index), the indices it has."""
+  out: dict[tuple[str, ...], set[str]] = {}
+  for parts in names:
+    for i, p in enumerate(parts):
+      if p.isdigit():
+        out.setdefault(parts[:i], set()).add(p)
+  return out
 
 
 def _compatible(target: str, source: str) -> bool:
@@ -466,10 +480,17 @@ def match_layers(
   by_name: dict[str, list[SourceLayer]] = {}
   for s in sources:
     by_name.setdefault(_norm(s.parts), []).append(s)
+  # An index is a name only where both sides' lists have the same indices: an
+  # nn.Sequential counts its ReLUs (body.0, body.2), a Flax list does not (body_1).
+  t_idx = _indices([_split(t.parts) for t in targets])
+  s_idx = _indices([_split(s.parts) for s in sources])
   taken: set[int] = set()
   pairs = [Pairing(t, None, "") for t in targets]
   for pair in pairs:
-    candidates = by_name.get(_norm(pair.target.parts), [])
+    parts = _split(pair.target.parts)
+    if any(p.isdigit() and t_idx[parts[:i]] != s_idx.get(parts[:i]) for i, p in enumerate(parts)):
+      continue
+    candidates = by_name.get(".".join(parts), [])
     for s in candidates:
       if id(s) not in taken and _compatible(pair.target.kind, s.kind):
         pair.source, pair.by = s, "name"
