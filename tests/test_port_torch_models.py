@@ -723,3 +723,51 @@ def test_unet_from_eval_shape_needs_order(unet):
   )
   got = np.moveaxis(np.asarray(jax.jit(model.apply)(variables, nhwc(x))), -1, 1)
   assert_matches(got, torch_run(unet, x))
+
+
+# ---------------------------------------------------------------------------
+# Indices that differ: nn.Sequential counts its ReLUs, a Flax list does not
+
+
+class TorchStack(tnn.Module):
+  def __init__(self):
+    super().__init__()
+    convs = [tnn.Conv2d(4, 4, 3, padding=1) for _ in range(3)]
+    self.body = tnn.Sequential(convs[0], tnn.ReLU(), convs[1], tnn.ReLU(), convs[2])
+
+  def forward(self, x):
+    return self.body(x)
+
+
+class Stack(nn.Module):
+  def setup(self):
+    self.body = [nn.Conv(4, (3, 3), padding=1) for _ in range(3)]  # body_0, body_1, body_2
+
+  def __call__(self, x):
+    x = nn.relu(self.body[0](x))
+    return self.body[2](nn.relu(self.body[1](x)))
+
+
+class NnxStack(nnx.Module):
+  def __init__(self, rngs):
+    self.body = nnx.List([nnx.Conv(4, 4, (3, 3), padding=1, rngs=rngs) for _ in range(3)])
+
+  def __call__(self, x):
+    x = nnx.relu(self.body[0](x))
+    return self.body[2](nnx.relu(self.body[1](x)))
+
+
+def test_list_indices_that_differ_from_the_sequentials_are_not_names():
+  # body.2 is the second conv in torch, body_2 / body/2 the third in Flax: same shapes,
+  # so a match by name would swap two layers silently.
+  net = randomize(TorchStack(), seed=12)
+  x = image((2, 4, 6, 6), seed=13)
+  want = torch_run(net, x)
+  model = Stack()
+  like = model.init(KEY, nhwc(x))
+  variables = fc.convert_params(net.state_dict(), "pytorch", "flax", like=like)
+  got = np.moveaxis(np.asarray(jax.jit(model.apply)(variables, nhwc(x))), -1, 1)
+  assert_matches(got, want)
+  nmodel = NnxStack(nnx.Rngs(KEY))
+  nnx.update(nmodel, fc.convert_params(net.state_dict(), "pytorch", "flax", like=nnx.state(nmodel)))
+  assert_matches(np.moveaxis(np.asarray(nmodel(nhwc(x))), -1, 1), want)
