@@ -373,6 +373,12 @@ def test_resnet_onto_nnx_state_from_requires_grad_tensors(resnet):
   assert sd["conv1.weight"].requires_grad
   new = fc.convert_params(sd, "pytorch", "flax", like=state)
   assert type(new) is type(state)
+  plan = fc.plan_params(sd, "pytorch", "flax", like=state)
+  assert len(plan) == len(jax.tree.leaves(state))
+  rows = {row.target: row for row in plan}  # an nnx.State's paths have no collection
+  assert rows["layer1/0/bn1/var"].source == "layer1.0.bn1.running_var"
+  assert rows["layer2/0/downsample/1/scale"].source == "layer2.0.downsample.1.weight"
+  assert {row.matched_by for row in plan} == {"name"}
   nnx.update(model, new)
   np.testing.assert_array_equal(
     np.asarray(model.layer2[0].bn1.var[...]), resnet.layer2[0].bn1.running_var.numpy()
