@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import flax
 import flax.linen as nn
 import jax
@@ -247,7 +248,7 @@ def test_resnet_onto_linen_in_call_order(resnet):
   model = ResNet()
   like = model.init(KEY, nhwc(x))
   variables = fc.convert_params(resnet.state_dict(), "pytorch", "flax", like=like)
-  assert jax.tree.structure(variables) == jax.tree.structure(like)
+  chex.assert_trees_all_equal_shapes_and_dtypes(variables, like)
   assert_matches(jax.jit(model.apply)(variables, nhwc(x)), torch_run(resnet, x))
   # The plan: one row per target leaf, layer by layer in call order, all matched by order.
   plan = fc.plan_params(resnet.state_dict(), "pytorch", "flax", like=like)
@@ -276,7 +277,7 @@ def test_resnet_onto_named_linen_from_eval_shape(resnet):
   model = NamedResNet()
   like = jax.eval_shape(model.init, KEY, nhwc(x))
   variables = fc.convert_params(resnet.state_dict(), "pytorch", "flax", like=like)
-  assert jax.tree.structure(variables) == jax.tree.structure(like)
+  chex.assert_trees_all_equal_shapes_and_dtypes(variables, like)
   assert all(isinstance(v, np.ndarray) for v in jax.tree.leaves(variables))  # like: no arrays
   assert_matches(jax.jit(model.apply)(variables, nhwc(x)), torch_run(resnet, x))
   # A FrozenDict like gives a FrozenDict, with the same leaves.
@@ -511,6 +512,7 @@ class TorchUNet(tnn.Module):
 
 class UNet(nn.Module):
   nchw: bool = False
+  names: tuple = (None, None)  # the ConvTransposes' names: Flax's own by default
 
   @nn.compact
   def __call__(self, x):
@@ -519,14 +521,14 @@ class UNet(nn.Module):
     e1 = nn.relu(bn()(conv(4, (3, 3), padding=1)(x)))
     e2 = nn.relu(conv(8, (3, 3), padding=1)(max_pool(e1, 2, 2, 0, self.nchw)))
     if self.nchw:  # fc.linen.ConvTranspose pads as torch does
-      up = convt(4, (2, 2), strides=2, padding=0)(e2)
+      up = convt(4, (2, 2), strides=2, padding=0, name=self.names[0])(e2)
     else:  # Flax pads the dilated input: k - 1 - p before, k - 1 - p + output_padding after
-      up = convt(4, (2, 2), strides=(2, 2), padding="VALID")(e2)
+      up = convt(4, (2, 2), strides=(2, 2), padding="VALID", name=self.names[0])(e2)
     d = nn.relu(conv(4, (3, 3), padding=1)(jnp.concatenate([up, e1], axis)))
     if self.nchw:
-      up2 = convt(4, (3, 3), strides=2, padding=1, output_padding=1)(d)
+      up2 = convt(4, (3, 3), strides=2, padding=1, output_padding=1, name=self.names[1])(d)
     else:
-      up2 = convt(4, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)))(d)
+      up2 = convt(4, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)), name=self.names[1])(d)
     return conv(2, (1, 1), padding=0)(nn.relu(up2))
 
 
@@ -777,3 +779,18 @@ def test_list_indices_that_differ_from_the_sequentials_are_not_names():
   nmodel = NnxStack(nnx.Rngs(KEY))
   nnx.update(nmodel, fc.convert_params(net.state_dict(), "pytorch", "flax", like=nnx.state(nmodel)))
   assert_matches(np.moveaxis(np.asarray(nmodel(nhwc(x))), -1, 1), want)
+
+
+def test_unet_transposed_conv_under_a_plain_name_needs_select(unet):
+  # "up2" (4 -> 4 channels) fits as a conv and as a transposed conv: only select= can say.
+  x = image((2, 3, 8, 8), seed=5)
+  model = UNet(names=("up", "up2"))
+  like = model.init(KEY, nhwc(x))
+  want = torch_run(unet, x)
+  run = lambda v: np.moveaxis(np.asarray(jax.jit(model.apply)(v, nhwc(x))), -1, 1)
+  guessed = fc.convert_params(unet.state_dict(), "pytorch", "flax", like=like)
+  assert rel_err(run(guessed), want) > 0.05  # up (8 -> 4) was told by its shape; up2 not
+  told = fc.convert_params(
+    unet.state_dict(), "pytorch", "flax", like=like, select={"up2/kernel": "conv_transpose"}
+  )
+  assert_matches(run(told), want)
