@@ -277,6 +277,11 @@ def source_layers(source: Any, where: str) -> tuple[list[SourceLayer], list[Sour
   out = [layer for layer in layers.values() if layer.leaves]
   for layer in out:
     layer.kind = source_kind(layer.name, layer.leaves)
+  names = [layer.name for layer in out]
+  if names == sorted(names):
+    # Sorted as strings, as safetensors and some savers list tensors: "features.10"
+    # before "features.2" is no model's order, the natural order is the best guess.
+    out.sort(key=lambda layer: tuple(_natural(p) for p in layer.parts))
   return out, None
 
 
