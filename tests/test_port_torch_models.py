@@ -794,3 +794,46 @@ def test_unet_transposed_conv_under_a_plain_name_needs_select(unet):
     unet.state_dict(), "pytorch", "flax", like=like, select={"up2/kernel": "conv_transpose"}
   )
   assert_matches(run(told), want)
+
+
+# ---------------------------------------------------------------------------
+# A checkpoint file's order: safetensors lists tensors sorted as strings
+
+
+class TorchDeep(tnn.Module):
+  def __init__(self):
+    super().__init__()
+    layers = []
+    for _ in range(6):  # convs at features.0, .2, ..., .10: "features.10" sorts before ".2"
+      layers += [tnn.Conv2d(4, 4, 3, padding=1), tnn.ReLU()]
+    self.features = tnn.Sequential(*layers)
+
+  def forward(self, x):
+    return self.features(x)
+
+
+class Deep(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    for _ in range(6):
+      x = nn.relu(nn.Conv(4, (3, 3), padding=1)(x))
+    return x
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_safetensors_file_order(tmp_path, abstract):
+  st = pytest.importorskip("safetensors.numpy")
+  net = randomize(TorchDeep(), seed=14)
+  st.save_file({k: v.numpy() for k, v in net.state_dict().items()}, tmp_path / "m.safetensors")
+  sd = st.load_file(tmp_path / "m.safetensors")
+  assert list(sd)[2:4] == ["features.10.bias", "features.10.weight"]  # sorted as strings
+  x = image((2, 4, 6, 6), seed=15)
+  model = Deep()
+  like = (jax.eval_shape if abstract else lambda f, *a: f(*a))(model.init, KEY, nhwc(x))
+  variables = fc.convert_params(sd, "pytorch", "flax", like=like)
+  got = np.moveaxis(np.asarray(jax.jit(model.apply)(variables, nhwc(x))), -1, 1)
+  assert_matches(got, torch_run(net, x))
+  plan = fc.plan_params(sd, "pytorch", "flax", like=like)
+  assert [r.source for r in plan if r.target.endswith("kernel")] == [
+    f"features.{i}.weight" for i in (0, 2, 4, 6, 8, 10)
+  ]
