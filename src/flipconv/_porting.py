@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import itertools
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,10 @@ class UnmatchedWarning(UserWarning):
 
 class FlattenWarning(UserWarning):
   """A dense layer after a conv may follow a flatten whose order no ``flatten=`` rule gave."""
+
+
+class OrderWarning(UserWarning):
+  """``like`` lost its call order and some layers were matched by a sorted order of names."""
 
 
 # ---------------------------------------------------------------------------
@@ -344,7 +349,7 @@ def target_layers(like: Any, where: str) -> tuple[list[TargetLayer], bool]:
     layer.kind = target_kind(layer.path, layer.leaves)
   # Sorted keys in every collection (jax.eval_shape, nnx.state): the call order is lost.
   is_sorted = all(list(seq) == sorted(seq) for seq in sequences.values())
-  ordered = not is_sorted or len({layer.kind for layer in out}) < 2
+  ordered = not is_sorted or len(out) < 2
   if is_sorted:
     out.sort(key=lambda layer: tuple(_natural(p) for p in layer.parts))
   return out, ordered
@@ -881,6 +886,41 @@ def _warn_flatten(
       )
 
 
+def _numbered_alike(a: str, b: str) -> bool:
+  """Sibling names whose sorted order is their creation order: Conv_2/Conv_10, 0/1, layer1/2."""
+  stem_a, stem_b = re.sub(r"\d+", "#", a), re.sub(r"\d+", "#", b)
+  return stem_a == stem_b and "#" in stem_a
+
+
+def _warn_guessed_order(pairs: list[Pairing], where: str) -> None:
+  """Warns where layers matched by order sit under names whose sorted order means nothing.
+
+  With sorted keys (``jax.eval_shape``, ``nnx.state``) the target's order is the
+  natural order of its paths: the call order among ``Conv_0, Conv_1, ...`` (Flax
+  numbers them as they are made) or list items, a guess between ``encoder`` and
+  ``decoder``. A wrong guess between layers of the same shape passes every check.
+  """
+  by_kind: dict[str, list[TargetLayer]] = {}
+  for p in pairs:
+    if p.by == "order":
+      by_kind.setdefault(p.target.kind, []).append(p.target)
+  doubtful = []
+  for layers in by_kind.values():
+    for a, b in itertools.pairwise(layers):
+      i = next((i for i, (x, y) in enumerate(zip(a.parts, b.parts, strict=False)) if x != y), None)
+      if i is not None and not _numbered_alike(a.parts[i], b.parts[i]):
+        doubtful.append(f"{a.path!r} before {b.path!r}")
+  if doubtful:
+    warnings.warn(
+      f"{where}: like has sorted keys (its call order is lost), so layers were matched by "
+      f"the natural order of their names, a guess for {'; '.join(doubtful[:6])}"
+      f"{'; ...' if len(doubtful) > 6 else ''}. Check plan_params, or pass like from "
+      "model.init(...) (not jitted) or order=[layer paths].",
+      OrderWarning,
+      stacklevel=4,
+    )
+
+
 def port(
   source: Any,
   src: Convention,
@@ -920,7 +960,8 @@ def port(
   kinds = _select_kinds(select, targets, where)
   sources, listed = source_layers(source, where)
   if listed is not None:
-    if not ordered:
+    # One kind of layer in natural order (Conv_0, Conv_1, ...) can still take a list.
+    if not ordered and len({t.kind for t in targets}) > 1:
       raise ValueError(
         f"{where}: a list source ({len(listed)} arrays, no names) is matched by order "
         "only, but like's layer order is lost (its keys are sorted, as jax.eval_shape "
@@ -1037,6 +1078,8 @@ def port(
         "values for the unmatched target leaves."
       )
     warnings.warn(f"{where}: " + "; ".join(text) + ".", UnmatchedWarning, stacklevel=3)
+  if not ordered:
+    _warn_guessed_order(pairs, where)
   if not convert:
     return rows, None
   flat, treedef = jax.tree_util.tree_flatten(like)
