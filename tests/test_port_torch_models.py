@@ -27,12 +27,16 @@ import pytest
 from flax import nnx
 
 import flipconv as fc
+from flipconv._porting import OrderWarning
 
 torch = pytest.importorskip("torch")
 tnn = torch.nn
 
 # A FlattenWarning where no flatten is meant is a bug; tests that expect one catch it.
-pytestmark = pytest.mark.filterwarnings("error::flipconv.FlattenWarning")
+pytestmark = [
+  pytest.mark.filterwarnings("error::flipconv.FlattenWarning"),
+  pytest.mark.filterwarnings("error::flipconv._porting.OrderWarning"),
+]
 
 TOL = 2e-5  # max |flax - torch| / max |torch|
 # like's values are overwritten: a key whose random bits compile fast (threefry's
@@ -837,3 +841,41 @@ def test_safetensors_file_order(tmp_path, abstract):
   assert [r.source for r in plan if r.target.endswith("kernel")] == [
     f"features.{i}.weight" for i in (0, 2, 4, 6, 8, 10)
   ]
+
+
+# ---------------------------------------------------------------------------
+# Sorted keys under names that say nothing of the call order
+
+
+class TorchEncDec(tnn.Module):
+  def __init__(self):
+    super().__init__()
+    self.encoder = tnn.Conv2d(4, 4, 3, padding=1)
+    self.decoder = tnn.Conv2d(4, 4, 3, padding=1)
+
+  def forward(self, x):
+    return self.decoder(torch.relu(self.encoder(x)))
+
+
+class EncDec(nn.Module):
+  def setup(self):
+    self.enc = nn.Conv(4, (3, 3), padding=1)
+    self.dec = nn.Conv(4, (3, 3), padding=1)
+
+  def __call__(self, x):
+    return self.dec(nn.relu(self.enc(x)))
+
+
+def test_sorted_like_warns_where_the_order_of_names_is_a_guess():
+  net = randomize(TorchEncDec(), seed=16)
+  x = image((2, 4, 6, 6), seed=17)
+  want = torch_run(net, x)
+  model = EncDec()
+  run = lambda v: np.moveaxis(np.asarray(jax.jit(model.apply)(v, nhwc(x))), -1, 1)
+  like = jax.eval_shape(model.init, KEY, nhwc(x))  # "dec" sorts before "enc"
+  with pytest.warns(OrderWarning, match="'dec' before 'enc'"):
+    swapped = fc.convert_params(net.state_dict(), "pytorch", "flax", like=like)
+  assert rel_err(run(swapped), want) > 0.05  # what the warning is for
+  # The call order (init, or order=) is right, and quiet.
+  for kwargs in ({"like": model.init(KEY, nhwc(x))}, {"like": like, "order": ["enc", "dec"]}):
+    assert_matches(run(fc.convert_params(net.state_dict(), "pytorch", "flax", **kwargs)), want)
