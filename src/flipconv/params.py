@@ -580,7 +580,8 @@ def convert_params(
     like: the target Flax model's variables: ``model.init(...)`` (call order
       kept; not ``jax.jit(model.init)``, whose dicts come back sorted),
       ``jax.eval_shape`` of it (``ShapeDtypeStruct`` leaves), or
-      ``nnx.state(model)``. With ``like``, the source's layers are matched onto
+      ``nnx.state(model)`` (sorted keys: an ``OrderWarning`` names layers whose
+      order is then a guess). With ``like``, the source's layers are matched onto
       its layers (by name where the names agree, a linen list item
       ``layer1_0`` being PyTorch's ``layer1.0``; else by order among layers
       of the same kind), parameters are renamed by layer kind (PyTorch
@@ -711,7 +712,8 @@ def plan_params(
     like: the target Flax model's variables: ``model.init(...)`` (call order
       kept; not ``jax.jit(model.init)``, whose dicts come back sorted),
       ``jax.eval_shape`` of it (``ShapeDtypeStruct`` leaves), or
-      ``nnx.state(model)``. With ``like``, the source's layers are matched onto
+      ``nnx.state(model)`` (sorted keys: an ``OrderWarning`` names layers whose
+      order is then a guess). With ``like``, the source's layers are matched onto
       its layers (by name where the names agree, a linen list item
       ``layer1_0`` being PyTorch's ``layer1.0``; else by order among layers
       of the same kind), parameters are renamed by layer kind (PyTorch
