@@ -879,3 +879,49 @@ def test_sorted_like_warns_where_the_order_of_names_is_a_guess():
   # The call order (init, or order=) is right, and quiet.
   for kwargs in ({"like": model.init(KEY, nhwc(x))}, {"like": like, "order": ["enc", "dec"]}):
     assert_matches(run(fc.convert_params(net.state_dict(), "pytorch", "flax", **kwargs)), want)
+
+
+# ---------------------------------------------------------------------------
+# MTCNN's ONet, shrunk: PReLU per channel, flatten after permute(0, 3, 2, 1), two heads
+
+
+class TorchONet(tnn.Module):
+  def __init__(self):
+    super().__init__()
+    self.conv1, self.prelu1 = tnn.Conv2d(3, 4, 3), tnn.PReLU(4)
+    self.pool1 = tnn.MaxPool2d(2, 2)
+    self.conv2, self.prelu2 = tnn.Conv2d(4, 6, 3), tnn.PReLU(6)
+    self.dense5, self.prelu5 = tnn.Linear(6 * 3 * 2, 16), tnn.PReLU(16)
+    self.dense6_1, self.dense6_2 = tnn.Linear(16, 2), tnn.Linear(16, 4)
+
+  def forward(self, x):
+    x = self.prelu2(self.conv2(self.pool1(self.prelu1(self.conv1(x)))))
+    x = self.prelu5(self.dense5(x.permute(0, 3, 2, 1).flatten(1)))
+    return torch.cat([self.dense6_1(x), self.dense6_2(x)], 1)
+
+
+class ChannelPReLU(nn.Module):  # nn.PReLU has one slope; MTCNN has one per channel
+  @nn.compact
+  def __call__(self, x):
+    slope = self.param("negative_slope", nn.initializers.constant(0.25), (x.shape[-1],))
+    return jnp.where(x >= 0, x, slope * x)
+
+
+class ONet(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = ChannelPReLU()(nn.Conv(4, (3, 3), padding="VALID")(x))
+    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = ChannelPReLU()(nn.Conv(6, (3, 3), padding="VALID")(x))
+    x = ChannelPReLU()(nn.Dense(16)(x.reshape(x.shape[0], -1)))
+    return jnp.concatenate([nn.Dense(2)(x), nn.Dense(4)(x)], 1)
+
+
+def test_mtcnn_onet_shaped():
+  net = randomize(TorchONet(), seed=18)
+  x = image((2, 3, 12, 10), seed=19)  # -> (6, 3, 2) before the flatten
+  model = ONet()
+  like = model.init(KEY, nhwc(x))
+  flatten = {"Dense_0": ("WHC", "HWC", {"C": 6, "H": 3, "W": 2})}
+  variables = fc.convert_params(net.state_dict(), "pytorch", "flax", like=like, flatten=flatten)
+  assert_matches(jax.jit(model.apply)(variables, nhwc(x)), torch_run(net, x))
