@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import itertools
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -78,6 +79,10 @@ class FlattenWarning(UserWarning):
     >>> caught
     []
   """
+
+
+class OrderWarning(UserWarning):
+  """``like`` lost its call order and some layers were matched by a sorted order of names."""
 
 
 # ---------------------------------------------------------------------------
@@ -322,6 +327,11 @@ def source_layers(source: Any, where: str) -> tuple[list[SourceLayer], list[Sour
   out = [layer for layer in layers.values() if layer.leaves]
   for layer in out:
     layer.kind = source_kind(layer.name, layer.leaves)
+  names = [layer.name for layer in out]
+  if names == sorted(names):
+    # Sorted as strings, as safetensors and some savers list tensors: "features.10"
+    # before "features.2" is no model's order, the natural order is the best guess.
+    out.sort(key=lambda layer: tuple(_natural(p) for p in layer.parts))
   return out, None
 
 
@@ -348,7 +358,7 @@ def target_layers(like: Any, where: str) -> tuple[list[TargetLayer], bool]:
   collections = isinstance(like, Mapping) and "params" in like
   nnx_state = _is_nnx_state(like)
   variables = _nnx_variables(like) if nnx_state else {}
-  layers: dict[tuple[str, ...], TargetLayer] = {}
+  entries: list[tuple[str, list[str], int]] = []  # (collection, names, index)
   # Walk like's mappings in their own order (jax's flattening sorts dict keys).
   for keys, index in _ordered_paths(like, by_path):
     names = [_key_name(k) for k in keys]
@@ -363,22 +373,47 @@ def target_layers(like: Any, where: str) -> tuple[list[TargetLayer], bool]:
       collection = variables.get(tuple(names), "")
       if collection not in _COLLECTIONS:
         continue
-    if not names:
-      continue
+    if names:
+      entries.append((collection, names, index))
+  if collections:
+    # A layer's params leaves first (scale, bias, then mean, var), whatever like's
+    # key order; the layers' order is merged from the collections below.
+    entries.sort(key=lambda e: _COLLECTIONS.index(e[0]))
+  layers: dict[tuple[str, ...], TargetLayer] = {}
+  sequences: dict[str, dict[tuple[str, ...], None]] = {}
+  for collection, names, index in entries:
     head, key = tuple(names[:-1]), names[-1]
     target = "/".join(([collection] if collections else []) + names)
     layer = layers.get(head)
     if layer is None:
       layer = layers[head] = TargetLayer("/".join(head), head, {}, "")
     layer.leaves[key] = TargetLeaf(target, key, index, flat[index][1])
-  out = list(layers.values())
+    sequences.setdefault(collection, {})[head] = None
+  out = [layers[head] for head in _merged_order(list(sequences.values()))]
   for layer in out:
     layer.kind = target_kind(layer.path, layer.leaves)
-  paths = [layer.parts for layer in out]
-  ordered = paths != sorted(paths) or len({layer.kind for layer in out}) < 2
-  if paths == sorted(paths):
+  # Sorted keys in every collection (jax.eval_shape, nnx.state): the call order is lost.
+  is_sorted = all(list(seq) == sorted(seq) for seq in sequences.values())
+  ordered = not is_sorted or len(out) < 2
+  if is_sorted:
     out.sort(key=lambda layer: tuple(_natural(p) for p in layer.parts))
   return out, ordered
+
+
+def _merged_order(sequences: list[Mapping[tuple[str, ...], None]]) -> list[tuple[str, ...]]:
+  """The layers of several collections in one order: the first collection's (params,
+  every layer with weights), each layer only in a later one (a BatchNorm without scale
+  and bias has only batch_stats) placed right after the layer before it there."""
+  order: list[tuple[str, ...]] = []
+  for seq in sequences:
+    position = 0
+    for head in seq:
+      if head in order:
+        position = order.index(head) + 1
+      else:
+        order.insert(position, head)
+        position += 1
+  return order
 
 
 def _ordered_paths(like: Any, by_path: Mapping[tuple[Any, ...], int]) -> list[tuple[tuple, int]]:
@@ -433,25 +468,84 @@ class Pairing:
   by: str  # "name", "order" or ""
 
 
+# linen names the items of a list attribute of setup() "layer1_0" where PyTorch's
+# nn.Sequential says "layer1.0"; Flax's own auto names (Conv_0) are capitalised.
+_LIST_ITEM = re.compile(r"([a-z]\w*?)_(\d+)")
+
+
+def _split(parts: Sequence[str]) -> tuple[str, ...]:
+  split: list[str] = []
+  for p in parts:
+    m = _LIST_ITEM.fullmatch(p)
+    split += [m[1], m[2]] if m else [p]
+  return tuple(p.lower() for p in split)
+
+
 def _norm(parts: Sequence[str]) -> str:
-  return ".".join(parts).lower()
+  return ".".join(_split(parts))
+
+
+def _indices(names: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], set[str]]:
+  """For each list in a model (the names before an index), the indices it has."""
+  out: dict[tuple[str, ...], set[str]] = {}
+  for parts in names:
+    for i, p in enumerate(parts):
+      if p.isdigit():
+        out.setdefault(parts[:i], set()).add(p)
+  return out
 
 
 def _compatible(target: str, source: str) -> bool:
   return target == source or "other" in (target, source)
 
 
+def _find_embeddings(targets: list[TargetLayer], sources: list[SourceLayer]) -> None:
+  """Source layers of a lone rank-2 weight that are the target's missing embeddings.
+
+  Such a layer (GPT-2's ``wte``, a ``tok`` or ``emb`` module) looks like a Linear
+  without bias; where the target has more embedding tables than the source has
+  layers named like one, the first such layers whose shape is a missing table's
+  (vocabulary, features) are taken for embeddings.
+  """
+  tables = [
+    _shape(t.leaves["embedding"].value)
+    for t in targets
+    if t.kind == "embed" and "embedding" in t.leaves
+  ]
+  for s in sources:
+    if s.kind == "embed" and len(s.leaves) == 1:
+      shape = _shape(next(iter(s.leaves.values())).value)
+      if shape in tables:
+        tables.remove(shape)
+  for s in sources:
+    if not tables:
+      return
+    if s.kind == "dense" and len(s.leaves) == 1:
+      shape = _shape(next(iter(s.leaves.values())).value)
+      if shape in tables:
+        s.kind = "embed"
+        tables.remove(shape)
+
+
 def match_layers(
   targets: list[TargetLayer], sources: list[SourceLayer]
 ) -> tuple[list[Pairing], list[SourceLayer]]:
   """Pairs target and source layers: by name first, then by order within each kind."""
+  _find_embeddings(targets, sources)
   by_name: dict[str, list[SourceLayer]] = {}
   for s in sources:
     by_name.setdefault(_norm(s.parts), []).append(s)
+  # An index is a name only where both sides' lists have the same indices: an
+  # nn.Sequential counts its ReLUs (body.0, body.2), a Flax list does not (body_1).
+  t_idx = _indices([_split(t.parts) for t in targets])
+  s_idx = _indices([_split(s.parts) for s in sources])
   taken: set[int] = set()
   pairs = [Pairing(t, None, "") for t in targets]
   for pair in pairs:
-    candidates = by_name.get(_norm(pair.target.parts), [])
+    parts = _split(pair.target.parts)
+    if any(p.isdigit() and t_idx[parts[:i]] != s_idx.get(parts[:i]) for i, p in enumerate(parts)):
+      continue
+    candidates = by_name.get(".".join(parts), [])
     for s in candidates:
       if id(s) not in taken and _compatible(pair.target.kind, s.kind):
         pair.source, pair.by = s, "name"
@@ -603,23 +697,36 @@ def plan_leaf(
     else:
       kinds = ["conv", "conv_transpose"]
     plans = [kernel_plan(len(shape), src, dst, kind=k, where=where) for k in kinds]
-    plan = next((p for p in plans if p.new_shape(shape) == want), plans[0])
+    plan = next((p for p in plans if p.new_shape(shape) == want), None)
+    if plan is None and kind_hint is None:
+      # Keras 3 names a DepthwiseConv2D's (kh, kw, C, multiplier) kernel "kernel", and a
+      # list has no names at all: a depthwise kernel is known by the target's shape.
+      try:
+        dw = depthwise_plan(shape, src, dst, where=where)
+      except ValueError:
+        dw = None
+      if dw is not None and dw.new_shape(shape) == want:
+        return LeafPlan(_kernel_words(dw, "depthwise"), want, dw)
+    plan = plan or plans[0]
     what = "transposed conv" if plan.kind == "conv_transpose" else "conv"
     return LeafPlan(_kernel_words(plan, what), plan.new_shape(shape), plan)
   if target.kind == "dense" and tleaf.key == "kernel" and len(shape) == 2:
+    # A Flax dense kernel (nn.Dense, nnx.Linear) is (in, out) whatever dst's convs
+    # are (fc.linen convs of convention="pytorch" sit next to a plain nn.Dense); dst's
+    # own linear_layout only where like's shape asks for it.
+    layouts = [dst if dst.linear_layout == "IO" else dataclasses.replace(dst, linear_layout="IO")]
+    if dst.linear_layout != "IO":
+      layouts.append(dst)
+    kwargs = {}
+    what = "dense"
     if flatten is not None:
-      plan = linear_plan(
-        shape,
-        src,
-        dst,
-        feature_shape=dict(flatten.sizes),
-        feature_order=(flatten.src_order, flatten.dst_order),
-        where=where,
-      )
+      kwargs = {
+        "feature_shape": dict(flatten.sizes),
+        "feature_order": (flatten.src_order, flatten.dst_order),
+      }
       what = f"dense after flatten {flatten.src_order} -> {flatten.dst_order}"
-    else:
-      plan = linear_plan(shape, src, dst, where=where)
-      what = "dense"
+    plans = [linear_plan(shape, src, d, where=where, **kwargs) for d in layouts]
+    plan = next((p for p in plans if p.new_shape(shape) == want), plans[0])
     return LeafPlan(_kernel_words(plan, what), plan.new_shape(shape), plan)
   if sleaf.key == "inv_std":
     eps = _INV_STD_EPSILON.get(src.name, 1e-4) if epsilon is None else float(epsilon)
@@ -787,6 +894,88 @@ def _out_channels(shape: tuple[int, ...], plan: KernelPlan | None) -> int | None
   return shape[layout.index(letter)] if letter in layout else None
 
 
+def _warn_flatten(
+  pairs: list[Pairing],
+  source_order: list[SourceLayer] | None,
+  conv_out: Mapping[int, int | None],
+  dense_in: list[tuple[Pairing, int]],
+  where: str,
+) -> None:
+  """Warns for each dense layer right after a conv whose inputs are a multiple of its channels.
+
+  "Previous" is in the target's call order where ``like`` keeps it, else in the
+  source's own order (a state_dict lists its layers as the model registers them;
+  sorted target keys put ``fc`` before ``layer1``).
+  """
+  if not dense_in:
+    return
+  if source_order is None:
+    sequence = [(id(p), p.target.kind) for p in pairs]
+  else:
+    by_source = {id(p.source): p for p in pairs if p.source is not None}
+    sequence = [
+      (id(by_source[id(s)]), by_source[id(s)].target.kind)
+      for s in source_order
+      if id(s) in by_source
+    ]
+  position = {key: i for i, (key, _) in enumerate(sequence)}
+  for pair, inputs in dense_in:
+    i = position.get(id(pair))
+    if i is None:
+      continue
+    # The nearest conv or dense layer before it: after a dense layer, no feature map.
+    key, kind = next(
+      ((k, kd) for k, kd in reversed(sequence[:i]) if kd in ("conv", "dense")), (0, "")
+    )
+    channels = conv_out.get(key) if kind == "conv" else None
+    if channels and inputs > channels and inputs % channels == 0:
+      path = pair.target.path
+      warnings.warn(
+        f"{where}: dense layer {path!r} has {inputs} inputs, {inputs // channels} x "
+        f"the {channels} channels of the conv before it: if it follows a flatten, "
+        f"its rows are in the source's flatten order. Pass flatten={{{path!r}: "
+        f"('CHW', 'HWC', {{'C': {channels}, ...}})}} (the orders both sides flatten "
+        "in), or a rule that maps it to itself to silence this.",
+        FlattenWarning,
+        stacklevel=4,
+      )
+
+
+def _numbered_alike(a: str, b: str) -> bool:
+  """Sibling names whose sorted order is their creation order: Conv_2/Conv_10, 0/1, layer1/2."""
+  stem_a, stem_b = re.sub(r"\d+", "#", a), re.sub(r"\d+", "#", b)
+  return stem_a == stem_b and "#" in stem_a
+
+
+def _warn_guessed_order(pairs: list[Pairing], where: str) -> None:
+  """Warns where layers matched by order sit under names whose sorted order means nothing.
+
+  With sorted keys (``jax.eval_shape``, ``nnx.state``) the target's order is the
+  natural order of its paths: the call order among ``Conv_0, Conv_1, ...`` (Flax
+  numbers them as they are made) or list items, a guess between ``encoder`` and
+  ``decoder``. A wrong guess between layers of the same shape passes every check.
+  """
+  by_kind: dict[str, list[TargetLayer]] = {}
+  for p in pairs:
+    if p.by == "order":
+      by_kind.setdefault(p.target.kind, []).append(p.target)
+  doubtful = []
+  for layers in by_kind.values():
+    for a, b in itertools.pairwise(layers):
+      i = next((i for i, (x, y) in enumerate(zip(a.parts, b.parts, strict=False)) if x != y), None)
+      if i is not None and not _numbered_alike(a.parts[i], b.parts[i]):
+        doubtful.append(f"{a.path!r} before {b.path!r}")
+  if doubtful:
+    warnings.warn(
+      f"{where}: like has sorted keys (its call order is lost), so layers were matched by "
+      f"the natural order of their names, a guess for {'; '.join(doubtful[:6])}"
+      f"{'; ...' if len(doubtful) > 6 else ''}. Check plan_params, or pass like from "
+      "model.init(...) (not jitted) or order=[layer paths].",
+      OrderWarning,
+      stacklevel=4,
+    )
+
+
 def port(
   source: Any,
   src: Convention,
@@ -815,10 +1004,19 @@ def port(
   if order is not None:
     targets, ordered = _check_order(order, targets, where), True
   rules = parse_flatten(flatten, where)
+  dense = [t.path for t in targets if t.kind == "dense"]
+  idle = [r.pattern for r in rules if not any(_glob(r.pattern).fullmatch(p) for p in dense)]
+  if idle:
+    # A misspelt glob would leave the dense layer in the source's order, silently.
+    raise ValueError(
+      f"{where}: flatten pattern(s) {idle} match no dense layer of like; its dense "
+      f"layers are {dense or 'none'}."
+    )
   kinds = _select_kinds(select, targets, where)
   sources, listed = source_layers(source, where)
   if listed is not None:
-    if not ordered:
+    # One kind of layer in natural order (Conv_0, Conv_1, ...) can still take a list.
+    if not ordered and len({t.kind for t in targets}) > 1:
       raise ValueError(
         f"{where}: a list source ({len(listed)} arrays, no names) is matched by order "
         "only, but like's layer order is lost (its keys are sorted, as jax.eval_shape "
@@ -834,7 +1032,8 @@ def port(
   results: dict[int, Any] = {}
   unmatched: list[str] = []
   mismatched: list[str] = []
-  channels: int | None = None
+  conv_out: dict[int, int | None] = {}  # id(pair) -> the conv's output channels
+  dense_in: list[tuple[Pairing, int]] = []  # dense layers with no flatten rule, their inputs
   for pair in pairs:
     t, s = pair.target, pair.source
     rule = next((r for r in rules if _glob(r.pattern).fullmatch(t.path)), None)
@@ -884,19 +1083,10 @@ def port(
           f"{shape_str(lp.new_shape)} ({lp.change}), like has {shape_str(want)}"
         )
       if t.kind == "conv" and key == "kernel":
-        channels = _out_channels(want, lp.kernel)
-      elif t.kind == "dense" and key == "kernel" and rule is None and channels:
-        inputs = want[dst.linear_layout.index("I")]
-        if inputs > channels and inputs % channels == 0:
-          warnings.warn(
-            f"{where}: dense layer {t.path!r} has {inputs} inputs, {inputs // channels} x "
-            f"the {channels} channels of the conv before it: if it follows a flatten, "
-            f"its rows are in the source's flatten order. Pass flatten={{{t.path!r}: "
-            f"('CHW', 'HWC', {{'C': {channels}, ...}})}} (the orders both sides flatten "
-            "in), or a rule that maps it to itself to silence this.",
-            FlattenWarning,
-            stacklevel=4,
-          )
+        conv_out[id(pair)] = _out_channels(want, lp.kernel)
+      elif t.kind == "dense" and key == "kernel" and rule is None:
+        layout = lp.kernel.dst_layout if lp.kernel is not None else "IO"
+        dense_in.append((pair, want[layout.index("I")]))
       rows.append(
         PlanRow(
           tleaf.target,
@@ -912,6 +1102,9 @@ def port(
       )
       if convert and lp.new_shape == want:
         results[tleaf.index] = place(apply_leaf(value, lp), tleaf.value)
+  _warn_flatten(
+    pairs, sources if listed is None and not ordered else None, conv_out, dense_in, where
+  )
   unused = [leaf.name for leaf in unused_leaves]
   for p in pairs:
     if p.source is not None:
@@ -939,7 +1132,9 @@ def port(
         + ". Name the layers alike, give order=, or pass strict=False to keep like's "
         "values for the unmatched target leaves."
       )
-    warnings.warn(f"{where}: " + "; ".join(text) + ".", UnmatchedWarning, stacklevel=4)
+    warnings.warn(f"{where}: " + "; ".join(text) + ".", UnmatchedWarning, stacklevel=3)
+  if not ordered:
+    _warn_guessed_order(pairs, where)
   if not convert:
     return rows, None
   flat, treedef = jax.tree_util.tree_flatten(like)

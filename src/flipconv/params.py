@@ -602,16 +602,23 @@ def convert_params(
         names leave ambiguous (a transposed conv with as many inputs as
         outputs under a plain name).
     like: the target Flax model's variables: ``model.init(...)`` (call order
-      kept), ``jax.eval_shape`` of it (``ShapeDtypeStruct`` leaves), or
-      ``nnx.state(model)``. With ``like``, the source's layers are matched onto
-      its layers (by name where the names agree, else by order among layers
+      kept; not ``jax.jit(model.init)``, whose dicts come back sorted),
+      ``jax.eval_shape`` of it (``ShapeDtypeStruct`` leaves), or
+      ``nnx.state(model)`` (sorted keys: an ``OrderWarning`` names layers whose
+      order is then a guess). With ``like``, the source's layers are matched onto
+      its layers (by name where the names agree, a linen list item
+      ``layer1_0`` being PyTorch's ``layer1.0``; else by order among layers
       of the same kind), parameters are renamed by layer kind (PyTorch
       ``running_var`` -> ``batch_stats`` ``var``, Keras ``gamma`` -> ``scale``,
       Lasagne ``inv_std`` -> ``var``, ...), every shape is checked, and the
-      result has exactly ``like``'s structure.
+      result has exactly ``like``'s structure. Conv kernels are converted to
+      ``dst``'s layout (a depthwise one where like's shape says so); dense
+      kernels to Flax's ``(in, out)`` (``dst``'s ``linear_layout`` only where like's
+      shape asks for it).
     flatten: with ``like``, ``{glob on a dense layer's path: (src_order,
       dst_order, sizes)}`` for a dense layer after a flatten, e.g.
-      ``{"Dense_0": ("CHW", "HWC", {"C": 64, "H": 4, "W": 4})}``.
+      ``{"Dense_0": ("CHW", "HWC", {"C": 64, "H": 4, "W": 4})}``; a glob
+      that matches no dense layer is an error.
     strict: with ``like``: a target leaf with no source, or a source tensor
       that no target takes, is a ``ValueError`` naming each; ``False`` keeps
       ``like``'s value for the former and warns (``UnmatchedWarning``).
@@ -727,16 +734,23 @@ def plan_params(
       ``shape`` and ``dtype`` (``jax.ShapeDtypeStruct`` too).
     src, dst, select: as in :func:`convert_params`.
     like: the target Flax model's variables: ``model.init(...)`` (call order
-      kept), ``jax.eval_shape`` of it (``ShapeDtypeStruct`` leaves), or
-      ``nnx.state(model)``. With ``like``, the source's layers are matched onto
-      its layers (by name where the names agree, else by order among layers
+      kept; not ``jax.jit(model.init)``, whose dicts come back sorted),
+      ``jax.eval_shape`` of it (``ShapeDtypeStruct`` leaves), or
+      ``nnx.state(model)`` (sorted keys: an ``OrderWarning`` names layers whose
+      order is then a guess). With ``like``, the source's layers are matched onto
+      its layers (by name where the names agree, a linen list item
+      ``layer1_0`` being PyTorch's ``layer1.0``; else by order among layers
       of the same kind), parameters are renamed by layer kind (PyTorch
       ``running_var`` -> ``batch_stats`` ``var``, Keras ``gamma`` -> ``scale``,
       Lasagne ``inv_std`` -> ``var``, ...), every shape is checked, and the
-      result has exactly ``like``'s structure.
+      result has exactly ``like``'s structure. Conv kernels are converted to
+      ``dst``'s layout (a depthwise one where like's shape says so); dense
+      kernels to Flax's ``(in, out)`` (``dst``'s ``linear_layout`` only where like's
+      shape asks for it).
     flatten: with ``like``, ``{glob on a dense layer's path: (src_order,
       dst_order, sizes)}`` for a dense layer after a flatten, e.g.
-      ``{"Dense_0": ("CHW", "HWC", {"C": 64, "H": 4, "W": 4})}``.
+      ``{"Dense_0": ("CHW", "HWC", {"C": 64, "H": 4, "W": 4})}``; a glob
+      that matches no dense layer is an error.
     strict: with ``like``: a target leaf with no source, or a source tensor
       that no target takes, is a ``ValueError`` naming each; ``False`` keeps
       ``like``'s value for the former and warns (``UnmatchedWarning``).
