@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import warnings
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -101,11 +102,16 @@ def test_keras_model(keras_case, source):
     params = model.get_weights()  # a list: matched by order, in Keras' order per layer
   else:
     params = {w.path: np.asarray(w) for w in model.weights}
-  # Keras and Flax both flatten NHWC: (H, W, C).
-  flatten = {"Dense_0": ("HWC", "HWC", K_FEAT)}
-  variables = fc.convert_params(params, "keras", "flax", like=like, flatten=flatten)
+  # Keras and Flax both flatten NHWC in (H, W, C) order: no flatten= needed, no warning.
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", fc.FlattenWarning)
+    variables = fc.convert_params(params, "keras", "flax", like=like)
   assert variables["params"]["Conv_1"]["kernel"].shape == (3, 3, 1, 12)
   assert_matches(jax.jit(net.apply)(variables, x), want)
+  # An explicit identity rule gives the same.
+  flatten = {"Dense_0": ("HWC", "HWC", K_FEAT)}
+  same = fc.convert_params(params, "keras", "flax", like=like, flatten=flatten)
+  chex.assert_trees_all_equal(same, variables)
 
 
 def test_keras_names_are_kept_in_the_plan(keras_case):

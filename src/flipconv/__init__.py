@@ -6,7 +6,7 @@ PyTorch, TensorFlow, Flax), and on how axes are laid out. flipconv makes both
 explicit and moves weights safely between conventions.
 """
 
-from flipconv._porting import FlattenWarning, PlanRow, UnmatchedWarning
+from flipconv._porting import FlattenWarning, OrderWarning, PlanRow, UnmatchedWarning
 from flipconv.convert import convert_depthwise_kernel, convert_kernel, convert_linear_kernel
 from flipconv.detect import Match, detect_convention
 from flipconv.nesting import nest_params
@@ -38,6 +38,7 @@ __all__ = [
   "Convention",
   "FlattenWarning",
   "Match",
+  "OrderWarning",
   "Plan",
   "PlanRow",
   "UnmatchedWarning",

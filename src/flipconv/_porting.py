@@ -82,7 +82,34 @@ class FlattenWarning(UserWarning):
 
 
 class OrderWarning(UserWarning):
-  """``like`` lost its call order and some layers were matched by a sorted order of names."""
+  """``like`` lost its call order and some layers were matched by a sorted order of names.
+
+  ``jax.eval_shape`` and ``nnx.state`` sort their keys, so a model whose
+  modules are named ``enc`` and ``dec`` comes as ``dec, enc``; where names
+  do not agree with the source's, the order matching then guesses. Give the
+  call order with ``order=[layer paths]`` (or pass ``model.init(...)``'s own
+  output, which keeps it).
+
+  Examples:
+    >>> import warnings, jax, numpy as np, flax.linen as nn, flipconv as fc
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     return nn.Dense(4, name="dec")(nn.Dense(4, name="enc")(x))
+    >>> like = jax.eval_shape(Net().init, jax.random.key(0), np.zeros((1, 4)))
+    >>> list(like["params"])                                    # sorted: the call order is lost
+    ['dec', 'enc']
+    >>> sd = {"0.weight": np.ones((4, 4)), "0.bias": np.zeros(4),
+    ...       "1.weight": np.zeros((4, 4)), "1.bias": np.zeros(4)}
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...   warnings.simplefilter("always")
+    ...   _ = fc.convert_params(sd, "pytorch", "flax", like=like)
+    >>> any(w.category is fc.OrderWarning for w in caught)
+    True
+    >>> out = fc.convert_params(sd, "pytorch", "flax", like=like, order=["enc", "dec"])
+    >>> float(out["params"]["enc"]["kernel"].sum())                  # 0.weight went to enc
+    16.0
+  """
 
 
 # ---------------------------------------------------------------------------
@@ -899,15 +926,21 @@ def _warn_flatten(
   source_order: list[SourceLayer] | None,
   conv_out: Mapping[int, int | None],
   dense_in: list[tuple[Pairing, int]],
+  src: Convention,
+  dst: Convention,
   where: str,
 ) -> None:
   """Warns for each dense layer right after a conv whose inputs are a multiple of its channels.
 
+  Only where the two conventions flatten a feature map in different orders
+  (NCHW's ``CHW`` vs NHWC's ``HWC``); a model that permutes before flattening
+  on one side is beyond what the conventions say, and ``flatten=`` says it.
   "Previous" is in the target's call order where ``like`` keeps it, else in the
   source's own order (a state_dict lists its layers as the model registers them;
   sorted target keys put ``fc`` before ``layer1``).
   """
-  if not dense_in:
+  s_order, d_order = src.layout.replace("N", ""), dst.layout.replace("N", "")
+  if not dense_in or s_order == d_order:
     return
   if source_order is None:
     sequence = [(id(p), p.target.kind) for p in pairs]
@@ -933,9 +966,10 @@ def _warn_flatten(
       warnings.warn(
         f"{where}: dense layer {path!r} has {inputs} inputs, {inputs // channels} x "
         f"the {channels} channels of the conv before it: if it follows a flatten, "
-        f"its rows are in the source's flatten order. Pass flatten={{{path!r}: "
-        f"('CHW', 'HWC', {{'C': {channels}, ...}})}} (the orders both sides flatten "
-        "in), or a rule that maps it to itself to silence this.",
+        f"its rows are in the source's flatten order ({s_order!r} for {src.name!r}, "
+        f"{d_order!r} for {dst.name!r}). Pass flatten={{{path!r}: ({s_order!r}, "
+        f"{d_order!r}, {{'C': {channels}, ...}})}} (the orders both sides flatten in), "
+        "or a rule that maps an order to itself to silence this.",
         FlattenWarning,
         stacklevel=4,
       )
@@ -1103,7 +1137,13 @@ def port(
       if convert and lp.new_shape == want:
         results[tleaf.index] = place(apply_leaf(value, lp), tleaf.value)
   _warn_flatten(
-    pairs, sources if listed is None and not ordered else None, conv_out, dense_in, where
+    pairs,
+    sources if listed is None and not ordered else None,
+    conv_out,
+    dense_in,
+    src,
+    dst,
+    where,
   )
   unused = [leaf.name for leaf in unused_leaves]
   for p in pairs:
