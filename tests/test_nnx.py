@@ -497,8 +497,8 @@ def test_bad_call_time_arguments_name_the_argument():
     (fc.nnx.Conv, dict(pad_mode="mirror"), "pad_mode"),
     (fc.nnx.Conv, dict(padding="CIRCULAR", pad_mode="reflect"), "pad_mode"),
     (fc.nnx.Conv, dict(strides=(1, 2, 3)), "strides"),
-    (fc.nnx.ConvTranspose, dict(padding="CIRCULAR"), "padding='CIRCULAR'"),
-    (fc.nnx.ConvTranspose, dict(padding="REFLECT"), "padding='REFLECT'"),
+    (fc.nnx.ConvTranspose, dict(pad_mode="mirror"), "pad_mode"),
+    (fc.nnx.ConvTranspose, dict(padding="REFLECT", pad_mode="circular"), "pad_mode"),
   ]
   for cls, kwargs, match in cases:
     layer = cls(4, 6, (3, 2), kernel_init=keyed_init, rngs=nnx.Rngs(0), **kwargs)

@@ -21,10 +21,12 @@ Padding forms (strings are case-insensitive)::
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -167,3 +169,28 @@ def apply_pad_mode(x: jnp.ndarray, mode: str, pads: Pads, axes: Sequence[int]) -
   for axis, pair in zip(axes, pads, strict=True):
     widths[axis] = pair
   return jnp.pad(x, widths, mode=_NUMPY_MODE[mode])
+
+
+def fold_pad_mode(z: jnp.ndarray, mode: str, pads: Pads, axes: Sequence[int]) -> jnp.ndarray:
+  """The adjoint of :func:`apply_pad_mode`: each padded value is added back where it came from.
+
+  Circular padding wraps the border values around and adds them, reflect and
+  symmetric add them mirrored, replicate adds them onto the edge element. It is
+  the linear transpose of the padding function itself (slices, reverses and adds
+  once XLA has fused it), so it is exact for whatever ``apply_pad_mode`` does.
+
+  Args:
+    z: an array whose spatial ``axes`` have the padded sizes.
+    mode: a non-zero pad mode.
+    pads: the ``(low, high)`` pads, one pair per axis in ``axes``.
+    axes: the spatial axes of ``z``, in the order of ``pads``.
+
+  Returns:
+    ``z`` folded back to the unpadded sizes, same dtype.
+  """
+  shape = list(z.shape)
+  for axis, (lo, hi) in zip(axes, pads, strict=True):
+    shape[axis] -= lo + hi
+  pad = functools.partial(apply_pad_mode, mode=mode, pads=pads, axes=axes)
+  (x,) = jax.linear_transpose(pad, jax.ShapeDtypeStruct(tuple(shape), z.dtype))(z)
+  return x

@@ -199,7 +199,9 @@ class ConvTranspose(_Base):
   """A transposed convolution layer of any framework's convention (nnx).
 
   The arguments mean what they mean for :class:`flipconv.linen.ConvTranspose`
-  (numeric ``padding`` is the forward conv's, as in PyTorch), plus
+  (numeric ``padding`` is the forward conv's, as in PyTorch; ``pad_mode`` and
+  Flax's ``padding="CIRCULAR"`` as there: with ``convention="flax"``, what
+  ``flax.nnx.ConvTranspose(padding="CIRCULAR")`` returns), plus
   ``in_features``, ``rngs``, ``kernel_metadata`` and ``bias_metadata``.
 
   Examples:
@@ -236,6 +238,7 @@ class ConvTranspose(_Base):
     transpose_kernel: bool = False,
     method: str = "direct",
     preferred_element_type: Any = None,
+    pad_mode: str = "zeros",
     rngs: nnx.Rngs,
     kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
     bias_metadata: Mapping[str, Any] = MappingProxyType({}),
@@ -261,6 +264,7 @@ class ConvTranspose(_Base):
     self.param_dtype = param_dtype
     self.precision = precision
     self.transpose_kernel = transpose_kernel
+    self.pad_mode = pad_mode
     self.method = check_method(method, where)
     self.preferred_element_type = preferred_element_type
     self._build(
@@ -280,7 +284,7 @@ class ConvTranspose(_Base):
   def __call__(self, inputs: Any) -> jax.Array:
     """Applies the transposed convolution to ``inputs``."""
     return self._apply(
-      inputs, input_dilation=1, pad_mode="zeros", output_padding=self.output_padding
+      inputs, input_dilation=1, pad_mode=self.pad_mode, output_padding=self.output_padding
     )
 
 
