@@ -196,7 +196,9 @@ def conv_transpose(
     preferred_element_type=preferred_element_type,
   )
   if fold:
-    out = _padding.fold_pad_mode(out, pad_mode, pads, call.layouts.spatial_axes("out"))
+    out = _padding.fold_pad_mode(
+      out, mode=pad_mode, pads=pads, axes=call.layouts.spatial_axes("out")
+    )
   return out
 
 
