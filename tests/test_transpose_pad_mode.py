@@ -487,7 +487,13 @@ def test_other_conventions_are_the_adjoint_of_their_conv(convention, padding):
   [((7,), (4,), 1, 1), ((5,), (3,), 2, 1), ((4, 3), (4, 3), (2, 1), (1, 2)), ((3, 2, 2), 2, 2, 1)],
 )
 def test_equinox_circular_conv_transpose(spatial, kernel_size, stride, dilation, padding):
-  """eqx.nn.ConvTranspose(padding_mode="CIRCULAR") (SAME/SAME_LOWER only): the same adjoint."""
+  """eqx.nn.ConvTranspose(padding_mode="CIRCULAR"): the same adjoint.
+
+  Equinox 0.13.8 takes CIRCULAR only with padding SAME or SAME_LOWER and
+  output_padding 0; it pads its input periodically (by the transposed padding over
+  the stride) before the stride-dilated conv, which is the adjoint of the circular
+  conv with that padding on an input of size in * stride.
+  """
   eqx = pytest.importorskip("equinox")
   n = len(spatial)
   layer = eqx.nn.ConvTranspose(

@@ -183,9 +183,10 @@ def fold_pad_mode(z: jnp.ndarray, mode: str, pads: Pads, axes: tuple[int, ...]) 
   does, e.g. paddings wider than the input). The result is the centre of ``z``
   (one copy) with each border run added in place onto the slice it came from
   (reversed where it was mirrored, summed where it was replicated), the border
-  runs of one axis folded along the later axes first; the same numbers as the
-  linear transpose of the padding, which XLA computes in full-size passes per axis
-  (measured 1.3x slower on CNN shapes; benchmarks/bench_ops.py part 4).
+  runs of one axis folded along the later axes first. It gives the same numbers as
+  ``jax.linear_transpose`` of the padding, whose program XLA runs as full-size
+  passes per axis (a circular ``conv_transpose`` through it measured about 1.25x
+  slower on CNN shapes: benchmarks/bench_ops.py part 4).
 
   Args:
     z: an array whose spatial ``axes`` have the padded sizes.
