@@ -52,7 +52,21 @@ Before anything is timed, the contenders of a case are checked to agree
    none); ``ops``: the op counts that differ. ``spread`` is the interquartile
    range of the baseline's times over its median: ratios closer to 1 than
    that are noise.
-4. A summary of each target ratio over all the rows of its table (geometric
+4. ``fc.conv_transpose(..., pad_mode="circular")`` (one transposed conv onto the
+   padded sizes, then the fold that adds the wrapped border back) on the CNN
+   shapes of part 2 (8x32x32x64, 64->64, 3x3 and 4x4, stride 2, SAME; padding 1 at
+   stride 1 and 2) and on 8x64x64x64 3x3 SAME at stride 1, both layouts, against:
+
+   * ``lin.T``: ``jax.linear_transpose`` of ``fc.conv(..., pad_mode="circular")``;
+     target <= 1.0;
+   * ``zeros``: ``fc.conv_transpose`` with the same padding and ``pad_mode="zeros"``:
+     what the padded mode costs; target <= 1.15;
+   * ``unfolded``: the same transposed conv onto the padded sizes (no padding,
+     ``output_shape`` = padded sizes), without the fold: ``circ/unfolded`` is the
+     fold's own cost, ``unfolded/zeros`` what XLA:CPU's conv onto the larger
+     output costs (measured 1.3-1.4x for 66x66 vs 64x64, more than the area).
+
+5. A summary of each target ratio over all the rows of its table (geometric
    mean and range), as ratios of medians, as medians of the ratios of times
    taken in the same repeat, and as ratios of the fastest times. Rows whose
    HLO is identical are A/A comparisons: their spread is the noise floor.
@@ -61,7 +75,7 @@ The full run takes about 10 minutes on 2 cores shared with other jobs (the
 depthwise rows take half of it: XLA:CPU computes the depthwise kernel
 gradient as a dense conv and masks it), ``--quick`` under a minute.
 
-  python benchmarks/bench_ops.py [--repeats 15] [--quick]
+  python benchmarks/bench_ops.py [--repeats 15] [--quick] [--only circular]
 """
 
 from __future__ import annotations
@@ -83,6 +97,7 @@ from _timing import interleaved  # benchmarks/_timing.py, beside this script
 from jax import lax
 
 import flipconv as fc
+from flipconv import _padding
 
 LAYOUTS = {"NHWC": ("NHWC", "HWIO"), "NCHW": ("NCHW", "OIHW")}
 
@@ -537,7 +552,110 @@ def print_t_table(rows: list[dict[str, object]]) -> None:
     )
 
 
-def print_summary(op_rows: list[dict[str, object]], t_rows: list[dict[str, object]]) -> None:
+# ------------------------------------------------ part 4: conv_transpose, pad_mode="circular"
+
+
+@dataclasses.dataclass(frozen=True)
+class PCase:
+  """A transposed conv whose forward conv pads circularly."""
+
+  batch: int
+  size: int  # the transposed conv's input size
+  channels: int
+  taps: int
+  strides: int
+  padding: object  # "SAME" or an int
+
+  @property
+  def name(self) -> str:
+    return (
+      f"{self.batch}x{self.size}x{self.size}x{self.channels} {self.taps}x{self.taps} "
+      f"s{self.strides} {self.padding}"
+    )
+
+
+def p_cases(quick: bool) -> list[PCase]:
+  b, m, c = (2, 8, 16) if quick else (8, 32, 64)
+  return [
+    PCase(b, m, c, 3, 2, "SAME"),
+    PCase(b, m, c, 4, 2, "SAME"),
+    PCase(b, m, c, 3, 2, 1),
+    PCase(b, m, c, 3, 1, 1),
+    PCase(b, 2 * m, c, 3, 1, "SAME"),
+  ]
+
+
+def run_p_case(case: PCase, layout: str, repeats: int) -> dict[str, object]:
+  rng = np.random.default_rng(2)
+  y = rng.standard_normal((case.batch, case.size, case.size, case.channels), np.float32)
+  k = rng.standard_normal((case.taps, case.taps, case.channels, case.channels), np.float32)
+  if layout == "NCHW":
+    y, k = y.transpose(0, 3, 1, 2), k.transpose(3, 2, 0, 1)
+  y, k = jnp.asarray(np.ascontiguousarray(y)), jnp.asarray(np.ascontiguousarray(k))
+  lhs, rhs = LAYOUTS[layout]
+  kw = dict(flip=False, strides=case.strides, padding=case.padding, layout=lhs, kernel_layout=rhs)
+  size = case.size * case.strides
+  ((lo, hi),) = _padding.explicit_pads(  # the forward conv's pads, for "unfolded"
+    _padding.normalize_padding(case.padding, 1, "bench"), (size,), (case.taps,), (case.strides,)
+  )
+  extra = lo + hi
+  x_shape = tuple(size if c in "HW" else y.shape[lhs.index(c)] for c in lhs)
+
+  def lin_t(y, k):
+    fwd = lambda x: fc.conv(x, k, **kw, pad_mode="circular")
+    return jax.linear_transpose(fwd, jax.ShapeDtypeStruct(x_shape, y.dtype))(y)[0]
+
+  fns = {
+    "circular": lambda y, k: fc.conv_transpose(
+      y, k, **kw, pad_mode="circular", output_shape=(size, size)
+    ),
+    "lin.T": lin_t,
+    "zeros": lambda y, k: fc.conv_transpose(y, k, **kw, output_shape=(size, size)),
+    "unfolded": lambda y, k: fc.conv_transpose(
+      y, k, **dict(kw, padding=0), output_shape=(size + extra, size + extra)
+    ),
+  }
+  fns = {name: jax.jit(f) for name, f in fns.items()}
+  out = {name: f(y, k) for name, f in fns.items()}
+  check(out["circular"], out["lin.T"], f"{case.name} {layout}: circular vs lin.T")
+  text = {name: hlo(f, y, k) for name, f in fns.items()}
+  times = timed({name: lambda f=f: f(y, k) for name, f in fns.items()}, repeats)
+  return {
+    "case": case.name,
+    "layout": layout,
+    "times": times,
+    "same_lin": text["circular"] == text["lin.T"],
+    "diff_zeros": op_diff(text["circular"], text["zeros"]),
+  }
+
+
+def print_p_table(rows: list[dict[str, object]]) -> None:
+  med = statistics.median
+  print(
+    '\n4. fc.conv_transpose(pad_mode="circular") vs jax.linear_transpose of the circular '
+    "fc.conv (lin.T)\n   and vs fc.conv_transpose with zero padding (zeros: the fold's cost); "
+    "targets: circ/lin.T <= 1.0, circ/zeros <= 1.15\n"
+  )
+  print(
+    f"{'case':32s}{'layout':>7s}{'zeros ms':>9s}{'spread':>8s}{'circ/lin.T':>11s}"
+    f"{'circ/zeros':>11s}{'circ/unfolded':>14s}{'unfolded/zeros':>15s}  {'==lin.T':>7s}"
+    "  ops beyond zeros"
+  )
+  for row in rows:
+    t = {name: med(ts) for name, ts in row["times"].items()}
+    print(
+      f"{row['case']:32s}{row['layout']:>7s}{t['zeros'] * 1e3:9.2f} {pct(row['times']['zeros'])}"
+      f"{t['circular'] / t['lin.T']:11.3f}{t['circular'] / t['zeros']:11.3f}"
+      f"{t['circular'] / t['unfolded']:14.3f}{t['unfolded'] / t['zeros']:15.3f}"
+      f"  {YES[row['same_lin']]:>7s}  {row['diff_zeros']}"
+    )
+
+
+def print_summary(
+  op_rows: list[dict[str, object]],
+  t_rows: list[dict[str, object]],
+  p_rows: list[dict[str, object]],
+) -> None:
   """Each target ratio over all rows of its table, three ways, to see through the load.
 
   ``medians``: the ratios of medians in the tables; ``paired``: the median over
@@ -553,7 +671,12 @@ def print_summary(op_rows: list[dict[str, object]], t_rows: list[dict[str, objec
       (f"conv_transpose / {b}", t_rows, "fc.ct", b, lambda row, b=b: row["same"][b])
       for b in ("lax.ct(tk)", "lax.ct", "lin.T")
     ),
+    ("circular ct / lin.T", p_rows, "circular", "lin.T", lambda row: row["same_lin"]),
+    ("circular ct / zeros ct", p_rows, "circular", "zeros", None),
+    ("circular ct / unfolded", p_rows, "circular", "unfolded", None),
+    ("unfolded / zeros ct", p_rows, "unfolded", "zeros", None),
   ]
+  pairs = [p for p in pairs if p[1]]
   stats = {
     "medians": lambda a, b: statistics.median(a) / statistics.median(b),
     "paired": lambda a, b: statistics.median(x / y for x, y in zip(a, b, strict=True)),
@@ -578,6 +701,9 @@ def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke run")
   parser.add_argument("--repeats", type=int, default=None, help="default 15 (3 with --quick)")
+  parser.add_argument(
+    "--only", choices=["circular"], default=None, help="run only part 4 (pad_mode='circular')"
+  )
   args = parser.parse_args(argv)
   if args.repeats is None:
     args.repeats = 3 if args.quick else 15
@@ -589,29 +715,32 @@ def main(argv: list[str] | None = None) -> None:
     flush=True,
   )
   start = time.perf_counter()
-  op_rows = []
-  for case in op_cases(args.quick):
-    for layout in LAYOUTS:
-      t0 = time.perf_counter()
-      op_rows += run_op_case(case, layout, args.repeats)
-      print(
-        f"  {case.name} {layout}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True
-      )
-  t_rows = []
-  for case in t_cases(args.quick):
-    for layout in LAYOUTS:
-      t0 = time.perf_counter()
-      t_rows.append(run_t_case(case, layout, args.repeats))
-      print(
-        f"  {case.name} {layout}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True
-      )
+
+  def rows_of(cases, run):
+    rows = []
+    for case in cases:
+      for layout in LAYOUTS:
+        t0 = time.perf_counter()
+        got = run(case, layout, args.repeats)
+        rows += got if isinstance(got, list) else [got]
+        print(
+          f"  {case.name} {layout}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True
+        )
+    return rows
+
+  every = args.only is None
+  op_rows = rows_of(op_cases(args.quick), run_op_case) if every else []
+  t_rows = rows_of(t_cases(args.quick), run_t_case) if every else []
+  p_rows = rows_of(p_cases(args.quick), run_p_case)
   print(
     "all contenders agreed before timing (assert_allclose, rtol 1e-4; conv_transpose also "
     "with lax's string padding and in <conv(x), y> == <x, conv_transpose(y)>)."
   )
-  print_op_table(op_rows)
-  print_t_table(t_rows)
-  print_summary(op_rows, t_rows)
+  if every:
+    print_op_table(op_rows)
+    print_t_table(t_rows)
+  print_p_table(p_rows)
+  print_summary(op_rows, t_rows, p_rows)
   print(f"\n({time.perf_counter() - start:.0f} s)")
 
 

@@ -263,6 +263,38 @@ def flax_padding(
   return tuple(((k - 1) // 2, k // 2) for k in k_eff), mode
 
 
+def flax_transpose_padding(
+  layer: Layer,
+  padding: Any,
+  pad_mode: Any,
+  strides: Any,
+  dilation: Sequence[int],
+  output_padding: tuple[int, ...],
+) -> tuple[Any, Any, tuple[int, ...]]:
+  """Flax's ``"CIRCULAR"``/``"REFLECT"`` for a transposed conv: padding, pad mode, output padding.
+
+  With ``convention="flax"`` and no ``pad_mode``, ``"CIRCULAR"`` is Flax's, which is
+  the adjoint of a circular ``"SAME"`` conv (``"SAME_LOWER"`` where the layer's flip is
+  False, i.e. ``transpose_kernel=True``); see :class:`flipconv.linen.ConvTranspose`.
+  Otherwise it is the adjoint of :class:`flipconv.linen.Conv` with that padding and the
+  same strides: pads ``((k - 1) // 2, k // 2)`` of that mode, ``in * stride`` outputs.
+  """
+  if not isinstance(padding, str) or padding.upper() not in _FLAX_PAD_MODES:
+    return padding, pad_mode, output_padding
+  where = layer.where
+  mode = _FLAX_PAD_MODES[padding.upper()]
+  if (
+    layer.own.name == "flax"
+    and mode == "circular"
+    and _padding.normalize_pad_mode(pad_mode, where) == "zeros"
+  ):
+    return ("SAME_LOWER" if not layer.flip else "SAME"), mode, output_padding
+  pairs, mode = flax_padding(padding, pad_mode, layer.kernel_size, dilation, where)
+  if not any(output_padding):  # the smallest size (in - 1) * stride + 1, plus stride - 1
+    output_padding = tuple(s - 1 for s in as_int_tuple(strides, layer.n, "strides", where))
+  return pairs, mode, output_padding
+
+
 def flax_pairs(padding: Any) -> Any:
   """Flax's mixed form ``[1, (0, 2)]`` (an int pads both sides of its dimension) as pairs."""
   if (
@@ -440,19 +472,25 @@ def apply(
     preferred_element_type=preferred_element_type,
   )
   if layer.transposed:
-    if isinstance(padding, str) and padding.upper() in _FLAX_PAD_MODES:
-      raise ValueError(
-        f"{where}: padding={padding!r} is not supported for a transposed conv; "
-        "use 'SAME', 'VALID', the other flipconv paddings, or pad the output "
-        "yourself."
-      )
     out_pad = as_int_tuple(output_padding, n, "output_padding", where, minimum=0)
+    meaning = padding_meaning_of(layer, padding_meaning)
+    flax_mode = isinstance(padding, str) and padding.upper() in _FLAX_PAD_MODES
+    # Flax's CIRCULAR/REFLECT become forward-conv pads here; numeric padding of the
+    # stride-dilated input (Flax's meaning) becomes the forward conv's next.
+    padding, pad_mode, out_pad = flax_transpose_padding(
+      layer, padding, pad_mode, strides, dilation, out_pad
+    )
     zeros: tuple[tuple[int, int], ...] = ()
-    if padding_meaning_of(layer, padding_meaning) == "dilated_input":
+    if meaning == "dilated_input" and not flax_mode:
       k_eff = _padding.effective_sizes(layer.kernel_size, dilation)
       padding, zeros = forward_padding(padding, k_eff, where)
     y = conv_transpose(
-      x, kernel, padding=padding, output_padding=out_pad if any(out_pad) else None, **common
+      x,
+      kernel,
+      padding=padding,
+      pad_mode=pad_mode,
+      output_padding=out_pad if any(out_pad) else None,
+      **common,
     )
     if zeros:
       y = _pad_zeros(layer, layout, y, zeros)

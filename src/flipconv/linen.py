@@ -250,12 +250,38 @@ class ConvTranspose(nn.Module):
   features // groups)`` (``kernel_size + (features // groups, in)`` with
   ``transpose_kernel=True``) and laid out like :class:`Conv`'s.
 
+  Padded modes: ``pad_mode`` (``"reflect"``, ``"replicate"``, ``"circular"``,
+  ``"symmetric"``) makes the layer the exact adjoint of :class:`Conv` with the
+  same ``padding``, ``strides`` and ``pad_mode`` (see
+  :func:`flipconv.conv_transpose`). Flax's ``padding="CIRCULAR"`` /
+  ``"REFLECT"``:
+
+  * with ``convention="flax"`` and no ``pad_mode``, ``"CIRCULAR"`` returns what
+    ``flax.linen.ConvTranspose(padding="CIRCULAR")`` returns: the VALID
+    transposed conv summed over periods of ``in * stride``. That is exactly the
+    adjoint of the circular conv with ``padding="SAME"`` (``"SAME_LOWER"`` with
+    ``transpose_kernel=True``) and these strides, i.e. low pads
+    ``floor((k - s) / 2)`` (``ceil``) of ``k - s`` in all (none where ``k <= s``),
+    ``k`` the dilated kernel size. It is *not* the adjoint of
+    ``flax.linen.Conv(padding="CIRCULAR", strides=s)``, which pads
+    ``((k - 1) // 2, k // 2)`` whatever the stride: with ``transpose_kernel=True``
+    and that Conv's kernel, Flax's result is that adjoint rolled (``jnp.roll``)
+    by ``(k - 1) // 2 - ceil(max(k - s, 0) / 2)`` along each spatial axis (0 for
+    odd ``k`` at stride 1 and for any ``k`` at stride 2; -1 for even ``k`` at
+    stride 1);
+  * otherwise (other conventions, ``"REFLECT"``, or ``pad_mode`` given as the
+    same mode, e.g. ``padding="CIRCULAR", pad_mode="circular"`` with
+    ``convention="flax"``) it is the exact adjoint of
+    ``Conv(padding="CIRCULAR"/"REFLECT", strides=s)``: pads ``((k - 1) // 2,
+    k // 2)`` of that mode, ``in * stride`` outputs by default.
+
   Attributes:
     features: output channels.
     kernel_size: as in :class:`Conv`.
     strides: the forward conv's strides (the upsampling factor; ``None``: 1).
-    padding: every form of :func:`flipconv.conv_transpose`; numeric padding
-      as ``padding_meaning`` says.
+    padding: every form of :func:`flipconv.conv_transpose`, and Flax's
+      ``"CIRCULAR"``/``"REFLECT"`` (see above); numeric padding as
+      ``padding_meaning`` says.
     kernel_dilation, use_bias, mask, dtype, param_dtype, precision,
     kernel_init, bias_init, promote_dtype: as in :class:`Conv`.
     transpose_kernel: Flax's option: the kernel is the forward conv's ``HWIO``
@@ -273,6 +299,7 @@ class ConvTranspose(nn.Module):
       padding, as PyTorch, ONNX and :func:`flipconv.conv_transpose`).
       ``None``: ``"dilated_input"`` for ``convention="flax"``, else
       ``"forward"``.
+    pad_mode: the forward conv's pad mode (see above); default ``"zeros"``.
 
   Examples:
     >>> import jax, jax.numpy as jnp, flipconv as fc
@@ -312,6 +339,7 @@ class ConvTranspose(nn.Module):
   feature_group_count: int = 1
   method: str = "direct"
   padding_meaning: str | None = None
+  pad_mode: str = "zeros"
 
   @nn.compact
   def __call__(self, inputs: Any) -> jax.Array:
@@ -330,6 +358,7 @@ class ConvTranspose(nn.Module):
       self,
       inputs,
       layer,
+      pad_mode=self.pad_mode,
       output_padding=self.output_padding,
       padding_meaning=self.padding_meaning,
     )

@@ -225,7 +225,9 @@ class ConvTranspose(_Base):
   The arguments mean what they mean for :class:`flipconv.linen.ConvTranspose`
   (Flax's first, in ``flax.nnx.ConvTranspose``'s order; numeric ``padding`` as
   ``padding_meaning`` says: Flax's with ``convention="flax"``, the forward
-  conv's otherwise), plus ``in_features``, ``rngs``, ``kernel_metadata`` and
+  conv's otherwise; ``pad_mode`` and Flax's ``padding="CIRCULAR"`` as there:
+  with ``convention="flax"``, what ``flax.nnx.ConvTranspose(padding="CIRCULAR")``
+  returns), plus ``in_features``, ``rngs``, ``kernel_metadata`` and
   ``bias_metadata``; ``promote_dtype`` takes one tuple, as in nnx.
 
   Examples:
@@ -267,6 +269,7 @@ class ConvTranspose(_Base):
     feature_group_count: int = 1,
     method: str = "direct",
     padding_meaning: str | None = None,
+    pad_mode: str = "zeros",
   ):
     where = "flipconv.nnx.ConvTranspose"
     layer = _modules.resolve(
@@ -289,6 +292,7 @@ class ConvTranspose(_Base):
     self.param_dtype = param_dtype
     self.precision = precision
     self.transpose_kernel = transpose_kernel
+    self.pad_mode = pad_mode
     self.method = check_method(method, where)
     self.preferred_element_type = preferred_element_type
     self.promote_dtype = promote_dtype
@@ -313,7 +317,7 @@ class ConvTranspose(_Base):
     return self._apply(
       inputs,
       input_dilation=1,
-      pad_mode="zeros",
+      pad_mode=self.pad_mode,
       output_padding=self.output_padding,
       padding_meaning=self.padding_meaning,
     )

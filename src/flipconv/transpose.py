@@ -31,6 +31,7 @@ def conv_transpose(
   layout: Any = None,
   kernel_layout: str | None = None,
   out_layout: str | None = None,
+  pad_mode: str = "zeros",
   method: str = "direct",
   precision: Any = None,
   preferred_element_type: Any = None,
@@ -45,6 +46,12 @@ def conv_transpose(
   It is computed directly, as one ``lax.conv_general_dilated`` of the
   stride-dilated input with the kernel's channel axes swapped and its spatial
   axes reversed (so ``flip=True`` costs no reverse at all).
+
+  With a ``pad_mode`` other than ``"zeros"`` it is the adjoint of the padded
+  conv ``conv(x, k, pad_mode=...)``: the same transposed conv without padding
+  (onto the padded sizes), then the adjoint of the padding, a fold: circular
+  wraps the border values around and adds them, reflect and symmetric add them
+  back mirrored, replicate adds them onto the edge element.
 
   The kernel is in the *forward* conv's ``kernel_layout``: ``O`` is the forward
   conv's output channels, i.e. the channels of the input here, and ``I * groups``
@@ -84,6 +91,9 @@ def conv_transpose(
     layout: data layout (or dimension numbers), as in :func:`flipconv.conv`.
     kernel_layout: the kernel's layout, in forward-conv letters.
     out_layout: the output's layout (default ``layout``).
+    pad_mode: the forward conv's pad mode, as in :func:`flipconv.conv`
+      (``"zeros"``, ``"reflect"``, ``"replicate"``, ``"circular"``,
+      ``"symmetric"``); its limits apply to the output's sizes and padding.
     method: ``"direct"``, ``"fft"`` or ``"auto"``, as in :func:`flipconv.conv`.
     precision: passed to lax.
     preferred_element_type: passed to lax.
@@ -97,6 +107,10 @@ def conv_transpose(
     >>> k = np.array([1., 10.]).reshape(2, 1, 1)
     >>> fc.conv_transpose(y, k, flip=False, strides=2)[0, :, 0]
     Array([ 1., 10.,  2., 20.], dtype=float32)
+    >>> k3 = np.array([1., 10., 100.]).reshape(3, 1, 1)
+    >>> fc.conv_transpose(y, k3, flip=False, strides=2, padding=1, pad_mode="circular",
+    ...                   output_shape=4)[0, :, 0]  # y[0] * 1 wraps round to the end
+    Array([ 10., 102.,  20., 201.], dtype=float32)
   """
   where = "conv_transpose"
   y = _spec.as_array(x, "x", where)
@@ -137,6 +151,7 @@ def conv_transpose(
   strides = as_int_tuple(strides, n, "strides", where)
   dilation = as_int_tuple(dilation, n, "dilation", where)
   spec = _padding.normalize_padding(padding, n, where)
+  pad_mode = _padding.normalize_pad_mode(pad_mode, where)
 
   m = tuple(y.shape[a] for a in layouts.spatial_axes("lhs"))
   if 0 in m:
@@ -146,10 +161,17 @@ def conv_transpose(
   )
   sizes = output_sizes(spec, m, k_eff, strides, dilation, output_padding, output_shape, rule, where)
   pads = _padding.explicit_pads(spec, sizes, k_eff, strides)
+  fold = pad_mode != "zeros" and any(p != (0, 0) for p in pads)
+  if fold:  # the transposed conv onto the padded sizes, folded back below
+    _padding.check_pad_mode_fits(pad_mode, sizes, pads, where)
+    conv_sizes = tuple(size + lo + hi for size, (lo, hi) in zip(sizes, pads, strict=True))
+    conv_pads = ((0, 0),) * n
+  else:
+    conv_sizes, conv_pads = sizes, pads
   # The adjoint's padding (lax's vjp rule): k - 1 - lo before, the rest after.
   pads_t = tuple(
     (k - 1 - lo, size + lo - (mm - 1) * s - 1)
-    for k, (lo, _), size, mm, s in zip(k_eff, pads, sizes, m, strides, strict=True)
+    for k, (lo, _), size, mm, s in zip(k_eff, conv_pads, conv_sizes, m, strides, strict=True)
   )
 
   if groups > 1:
@@ -165,7 +187,7 @@ def conv_transpose(
     groups=groups,
   )
   y, kernel = _spec.promote(y, kernel)
-  return _spec.run(
+  out = _spec.run(
     y,
     kernel,
     call,
@@ -173,6 +195,11 @@ def conv_transpose(
     precision=precision,
     preferred_element_type=preferred_element_type,
   )
+  if fold:
+    out = _padding.fold_pad_mode(
+      out, mode=pad_mode, pads=pads, axes=call.layouts.spatial_axes("out")
+    )
+  return out
 
 
 def output_sizes(
