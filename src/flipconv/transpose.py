@@ -163,7 +163,6 @@ def conv_transpose(
   pads = _padding.explicit_pads(spec, sizes, k_eff, strides)
   fold = pad_mode != "zeros" and any(p != (0, 0) for p in pads)
   if fold:  # the transposed conv onto the padded sizes, folded back below
-    _padding.check_pad_mode_fits(pad_mode, sizes, pads, where)
     conv_sizes = tuple(size + lo + hi for size, (lo, hi) in zip(sizes, pads, strict=True))
     conv_pads = ((0, 0),) * n
   else:
