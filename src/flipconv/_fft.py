@@ -568,9 +568,52 @@ def conv_general_dilated_fft(
     return y
   # A non-finite input spreads over every output of its transform (or block), and a
   # transform may overflow where the direct sum does not: then the exact method decides.
-  return lax.cond(
-    _trusted(lax.stop_gradient(y)), lambda y, a, b: y, lambda y, a, b: direct(a, b), y, lhs, rhs
+  pads = tuple(
+    tuple(int(v) for v in pair)
+    for pair in _explicit(padding, lhs.shape, rhs.shape, dn, conv_kwargs)
   )
+  slow = functools.partial(
+    _direct_padded,
+    pads=pads,
+    **conv_kwargs,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
+  return lax.cond(
+    _trusted(lax.stop_gradient(y)), lambda y, a, b: y, lambda y, a, b: slow(a, b), y, lhs, rhs
+  )
+
+
+def _explicit(padding: Any, lhs_shape: Any, rhs_shape: Any, dn: Any, kw: dict[str, Any]) -> Any:
+  """``(low, high)`` pairs for a padding string, by lax's rule."""
+  if not isinstance(padding, str):
+    return padding
+  n = len(lhs_shape) - 2
+  k_dil = kw.get("rhs_dilation") or (1,) * n
+  taps = [(rhs_shape[a] - 1) * d + 1 for a, d in zip(dn.rhs_spec[2:], k_dil, strict=True)]
+  return lax.padtype_to_pads(
+    [lhs_shape[a] for a in dn.lhs_spec[2:]], taps, kw["window_strides"], padding
+  )
+
+
+def _direct_padded(lhs: jax.Array, rhs: jax.Array, *, pads: Any, **kw: Any) -> jax.Array:
+  """The direct conv with its padding and input dilation written into the input.
+
+  Inside a ``lax.cond`` branch XLA's CPU convolution skips padded positions, so
+  a NaN or infinite kernel tap over padding gives 0 there, where the top-level
+  convolution multiplies the zeros and gives NaN. Zeros that are data are
+  multiplied in both.
+  """
+  dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, kw["dimension_numbers"])
+  n = len(pads)
+  in_dil = kw.get("lhs_dilation") or (1,) * n
+  config = [(0, 0, 0)] * lhs.ndim
+  for axis, (lo, hi), d in zip(dn.lhs_spec[2:], pads, in_dil, strict=True):
+    config[axis] = (lo, hi, d - 1)
+  # The barrier keeps XLA from folding the pad back into the convolution's window.
+  lhs = lax.optimization_barrier(lax.pad(lhs, jnp.zeros((), lhs.dtype), config))
+  kw = {**kw, "padding": [(0, 0)] * n, "lhs_dilation": (1,) * n}
+  return lax.conv_general_dilated(lhs, rhs, **kw)
 
 
 def _transform_conv(

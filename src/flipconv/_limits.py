@@ -10,9 +10,16 @@ produce. Nothing is added to the traced program.
 The bounds:
 
 * ``MAX_EXTENT = 2**62``: every argument value (stride, dilation, padding)
-  and every extent derived from them (the dilated and padded input, the
-  dilated kernel) and every element count. XLA's sizes are int64; the 2x
-  headroom keeps XLA's own sums of two such extents from overflowing.
+  and every element count. XLA's sizes are int64; the 2x headroom keeps
+  XLA's own sums of two such sizes from overflowing.
+* ``MAX_PADDING = 2**24``: each side's padding (also a padding that a name
+  such as ``"FULL"`` derives from the dilation). With padding of ``2**26``
+  and more, ``lax.conv_general_dilated`` on CPU returns wrong values without
+  an error (measured with jax 0.10: padding and stride ``2**26`` to ``2**30``
+  on an input of 8, batch 2: garbage or NaN in the second batch element;
+  ``2**24`` was right in every case tried), which looks like 32-bit offsets
+  inside XLA's convolution; the bound keeps a 4x margin below the first
+  failure.
 * :func:`max_bytes`: no array a conv creates (its output; the padded input
   where a pad mode materialises it) may hold more bytes than the memory of
   the device: physical memory on CPU, the allocator's limit on GPU/TPU. Such
@@ -31,6 +38,7 @@ import jax
 import numpy as np
 
 MAX_EXTENT = 2**62
+MAX_PADDING = 2**24
 
 
 @functools.lru_cache(maxsize=1)
@@ -176,12 +184,17 @@ def check_conv(
       + ("" if transposed else f", stride {s}")
       + ")"
     )
-    for extent, what in ((k_eff, "a dilated kernel"), (ext, "a padded input")):
-      if extent > MAX_EXTENT:
-        raise ValueError(
-          f"{where}: {desc} gives {what} {extent:,} long, more than any size XLA can use "
-          f"(its sizes are int64; flipconv allows up to 2**62 = {MAX_EXTENT:,})."
-        )
+    if max(abs(lo), abs(hi)) > MAX_PADDING:
+      raise ValueError(
+        f"{where}: {desc} pads {max(abs(lo), abs(hi)):,} on one side, more than the 2**24 = "
+        f"{MAX_PADDING:,} flipconv allows: with padding of 2**26 and more, XLA's convolution "
+        "returns wrong values (it seems to compute offsets in 32-bit integers)."
+      )
+    if max(ext, k_eff) > MAX_EXTENT:
+      raise ValueError(
+        f"{where}: {desc} gives a padded input {ext:,} long, more than any size XLA can use "
+        f"(its sizes are int64; flipconv allows up to 2**62 = {MAX_EXTENT:,})."
+      )
     out = max((ext - k_eff) // s + 1, 0)
     outs.append(out)
     padded.append(n + lo + hi)
