@@ -421,9 +421,9 @@ def finite_cost(quick: bool, repeats: int) -> None:
       name: jax.jit(lambda a, b, e=exact, kw=kw: _fft.conv_general_dilated_fft(a, b, exact=e, **kw))
       for name, exact in (("old", False), ("new", True))
     }
-    np.testing.assert_allclose(
-      np.asarray(fns["new"](x, k)), np.asarray(fns["old"](x, k)), rtol=0, atol=0
-    )
+    new, old = np.asarray(fns["new"](x, k)), np.asarray(fns["old"](x, k))
+    # Not bit for bit: the check changes how XLA fuses the final steps.
+    np.testing.assert_allclose(new, old, rtol=0, atol=1e-5 * np.abs(old).max())
     t = timed({name: (lambda f=f, x=x, k=k: f(x, k)) for name, f in fns.items()}, repeats)
     ratios.append(t["new"] / t["old"])
     print(f"{case.name:30s}{t['old'] * 1e3:10.2f}{t['new'] * 1e3:10.2f}{ratios[-1]:9.3f}")

@@ -353,16 +353,13 @@ def _dtypes(dtype: Any, preferred_element_type: Any) -> tuple[Any, Any]:
 
 @custom_vmap
 def _trusted(y: jnp.ndarray) -> jnp.ndarray:
-  """Whether every output is finite and below half the dtype's largest value.
+  """Whether every value of ``y`` is finite.
 
   Under ``vmap`` it answers for the whole batch (one unbatched boolean), so the
   ``lax.cond`` it drives stays a branch instead of becoming a select that
   would run both methods.
   """
-  big = jnp.finfo(y.dtype).max / 2
-  if jnp.issubdtype(y.dtype, jnp.complexfloating):
-    return jnp.all((jnp.abs(y.real) < big) & (jnp.abs(y.imag) < big))
-  return jnp.all(jnp.abs(y) < big)
+  return jnp.all(jnp.isfinite(y))
 
 
 @_trusted.def_vmap
@@ -471,13 +468,13 @@ def conv_general_dilated_fft(
     rounded floats, not exact integers; use the direct method for them.
     Arguments that ``lax.conv_general_dilated`` refuses (such as an integer
     ``preferred_element_type`` for float inputs) raise its error here too.
-  * Non-finite values: a NaN or infinity spreads over every output of its
-    transform, and a transform can overflow where the direct sum does not.
-    So an output that is not finite, or not below half the dtype's largest
-    value, is recomputed by the direct method (one ``lax.cond`` on a single
-    flag, per device under sharding and for the whole batch under ``vmap``):
-    NaN and infinities come out exactly where, and of the sign, that the
-    direct method gives them. Finite inputs pay one reduction over the output.
+  * Non-finite values: a NaN or infinity in an input, or an overflow in a
+    spectrum, makes every output of its transform NaN or infinite. So where
+    the first value of some inverse transform is not finite, the direct
+    method recomputes the result (one ``lax.cond`` on a single flag, per
+    device under sharding and for the whole batch under ``vmap``): NaN and
+    infinities come out exactly where, and of the sign, that the direct
+    method gives them. Finite inputs pay that check and the branch.
   * Where the transforms would not fit in the device's memory (a huge stride
     or padding around a small input), the direct method computes the result.
 
@@ -563,11 +560,18 @@ def conv_general_dilated_fft(
     # Transforms larger than memory (huge strides or padding around a small input): the
     # direct method computes the same result without them.
     return direct(lhs, rhs)
-  y = _transform_conv(lhs, rhs, p, dn, compute, out_dtype, precision)
+  raw, first, finish = _transform_conv(lhs, rhs, p, dn, compute, out_dtype, precision)
   if not exact:
-    return y
-  # A non-finite input spreads over every output of its transform (or block), and a
-  # transform may overflow where the direct sum does not: then the exact method decides.
+    return finish(raw)
+  # One value per transform (batch x output channel x block) tells: a NaN or
+  # infinity in an input, an overflow in a spectrum, or an output beyond the
+  # dtype (some frequency then exceeds it too) makes every output of that
+  # transform NaN or infinite. A narrower output dtype can overflow on its own.
+  if jnp.finfo(out_dtype).bits < jnp.finfo(compute).bits:
+    y = finish(raw)
+    raw, first, finish = y, y, lambda y: y
+  # The kept outputs are cut and laid out inside the branch. (XLA may still copy the
+  # branch's result once, into another layout: the measured cost on finite inputs.)
   pads = tuple(
     tuple(int(v) for v in pair)
     for pair in _explicit(padding, lhs.shape, rhs.shape, dn, conv_kwargs)
@@ -580,7 +584,12 @@ def conv_general_dilated_fft(
     preferred_element_type=preferred_element_type,
   )
   return lax.cond(
-    _trusted(lax.stop_gradient(y)), lambda y, a, b: y, lambda y, a, b: slow(a, b), y, lhs, rhs
+    _trusted(lax.stop_gradient(first)),
+    lambda r, a, b: finish(r),
+    lambda r, a, b: slow(a, b),
+    raw,
+    lhs,
+    rhs,
   )
 
 
@@ -625,7 +634,13 @@ def _transform_conv(
   out_dtype: Any,
   precision: Any,
 ) -> jnp.ndarray:
-  """The FFT convolution of a plan, without the exactness fallback."""
+  """The FFT convolution of a plan, without the exactness fallback.
+
+  Returns:
+    The inverse transforms, the first value of each (see
+    :func:`conv_general_dilated_fft`), and the function that makes the
+    output of them (:func:`_finish`).
+  """
   n, g, og, c = len(p.axes), p.groups, p.out_per_group, p.contraction
   out_perm = tuple(int(a) for a in np.argsort(dn.out_spec))
   strides = tuple(a.stride for a in p.axes)
@@ -672,7 +687,21 @@ def _transform_conv(
     y = jnp.fft.ifftn(yf, s=p.lengths, axes=axes)
   else:
     y = jnp.fft.irfftn(yf, s=p.lengths, axes=axes)
+  first = y[(Ellipsis, *(0,) * n)]
+  return (
+    y,
+    first,
+    functools.partial(
+      _finish, p=p, axes=axes, blocked=tuple(blocked), out_perm=out_perm, out_dtype=out_dtype
+    ),
+  )
 
+
+def _finish(
+  y: jnp.ndarray, *, p: FftPlan, axes: Any, blocked: Any, out_perm: Any, out_dtype: Any
+) -> jnp.ndarray:
+  """The kept outputs of the inverse transforms, in lax's output layout and dtype."""
+  n, g, og = len(p.axes), p.groups, p.out_per_group
   for axis, a in zip(axes, p.axes, strict=True):
     y = (
       lax.slice_in_dim(y, 0, a.block, axis=axis)
