@@ -18,7 +18,13 @@ arguments that do it. The search, cheapest first:
    the dilated kernel fits in the input), one stride for all dimensions, names
    and ints. Argument sets that compute the same thing (same low padding, stride
    and dilation wherever they matter) are evaluated once. The search stops
-   after the first tier that gives a match.
+   after the first tier that gives a match. The values that fit are ranges in
+   closed form, enumerated lazily: at most :data:`MAX_CANDIDATES` spellings and
+   :data:`MAX_ARGUMENT_SETS` argument sets per layout pair and tier, and no
+   argument set whose input window exceeds a fixed element count, so that
+   neither memory nor time grows with an argument's value (``padding=10**9``
+   costs what ``padding=1`` does). A search that reaches a budget without a
+   match raises a ``ValueError`` that says so.
 3. **Computing.** Argument sets sharing a stride and dilation are stacked and
    run as one jit-compiled conv for both flips at once (the flipped kernel is
    stacked with the kernel), so a typical layer costs one compiled conv.
@@ -137,7 +143,8 @@ class Search:
     tried: the conventions or combinations whose layouts fit the shapes.
     pruned: ``(name, reason)`` for each registry convention that did not fit.
     evaluated: how many distinct argument sets x flips were computed.
-    cut: whether some tier had more than :data:`MAX_ARGUMENT_SETS` argument sets.
+    cut: whether some tier had more than :data:`MAX_ARGUMENT_SETS` argument sets or
+      :data:`MAX_CANDIDATES` spellings, or argument sets too large to evaluate.
     rtol: the error threshold used.
     closest: the smallest error seen and what gave it (``None`` if nothing ran).
   """
@@ -204,9 +211,10 @@ def detect_convention(
 
   Raises:
     TypeError: an array is not numeric, or an unknown keyword is given.
-    ValueError: the arrays contain NaN/inf, ``y`` is all zeros, or no
-      convention or combination fits the shapes at all (the message says why
-      for each convention).
+    ValueError: the arrays contain NaN/inf, ``y`` is all zeros, no convention
+      or combination fits the shapes at all (the message says why for each
+      convention), no argument values fit the fixed ones, or the search reached
+      its budget (:data:`MAX_CANDIDATES`) without a match.
 
   Examples:
     >>> import numpy as np, flipconv as fc
@@ -1134,12 +1142,15 @@ class _State:
         self.cut |= cut
         if spent:
           self.over_budget.setdefault("spent", f"more than {MAX_CANDIDATES} candidate spellings")
-        small = [a for a in args if _window_elements(combo, a) <= _MAX_ELEMENTS]
+        # Windows up to 2**n times the arrays given (padding up to the kernel's size)
+        # are what any layer needs; larger ones grow with an argument's value.
+        limit = max(_MAX_ELEMENTS, 2 ** len(combo.dims) * (combo.x_c.size + combo.y_c.size))
+        small = [a for a in args if _window_elements(combo, a) <= limit]
         if len(small) < len(args):
           self.cut = True
           self.over_budget.setdefault(
             "windows",
-            f"argument sets whose windows hold more than {_MAX_ELEMENTS} elements, e.g. "
+            f"argument sets whose windows hold more than {limit} elements, e.g. "
             f"{_kwargs_str(next(a for a in args if a not in small).kwargs)}",
           )
         args = small
