@@ -533,3 +533,20 @@ def test_detect_still_finds_the_layer_with_fixed_values_and_budget_says_so(monke
   monkeypatch.setattr(detect, "MAX_CANDIDATES", 0)
   with pytest.raises(ValueError, match=r"budget .*more than 0 candidate spellings"):
     fc.detect_convention(x, w, y)
+
+
+def test_fft_float16_nonfinite_and_overflow_match_direct():
+  """float16 is computed in float32: NaN, and outputs beyond float16's range, as direct."""
+  rng = np.random.default_rng(5)
+  x = rng.standard_normal((1, 64, 2)).astype(np.float16)
+  k = rng.standard_normal((5, 2, 2)).astype(np.float16)
+  x[0, 20, 1] = np.nan
+  x[0, 40:44, 0] = 3e4  # times taps near 1: sums beyond 65504 are inf in float16
+  k[:, 0, :] = np.abs(k[:, 0, :]) + 1
+  want = np.asarray(fc.correlate(x, k, padding="SAME"))
+  assert np.isposinf(want).any() and np.isnan(want).any()
+  for method in ("fft", "auto"):
+    got = np.asarray(fc.correlate(x, k, padding="SAME", method=method))
+    assert got.dtype == np.float16
+    for cls in (np.isnan, np.isposinf, np.isneginf):
+      np.testing.assert_array_equal(cls(got), cls(want), err_msg=cls.__name__)
