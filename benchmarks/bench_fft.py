@@ -20,10 +20,16 @@ crossover, fits the cost models of ``flipconv._fft`` and ``flipconv._auto``
 by non-negative least squares on relative errors, and prints the constants,
 the crossovers they imply and how ``auto`` with them does on the grid.
 ``--accuracy`` prints the float32 error of both methods against float64.
+``--finite-cost`` times, on finite inputs, the FFT path that is exact on
+non-finite values (``exact=True``: the FFT, then one reduction over the output
+and a ``lax.cond`` that keeps it) against the bare FFT path (``exact=False``),
+both ``flipconv._fft.conv_general_dilated_fft`` under ``jit``; target: new/old
+<= 1.05 on every FFT case.
 
   python benchmarks/bench_fft.py [--quick] [--repeats 15]
   python benchmarks/bench_fft.py --calibrate [--save calib.json | --load calib.json ...]
   python benchmarks/bench_fft.py --accuracy
+  python benchmarks/bench_fft.py --finite-cost [--quick]
 """
 
 from __future__ import annotations
@@ -402,12 +408,42 @@ def accuracy() -> None:
     print(f"{case.name:30s}{errs[0]:10.1e}{errs[1]:10.1e}")
 
 
+def finite_cost(quick: bool, repeats: int) -> None:
+  """The exact-on-non-finite FFT path against the bare one, on finite inputs."""
+  print(f"{'case':30s}{'old ms':>10s}{'new ms':>10s}{'new/old':>9s}")
+  ratios = []
+  for case in cases(quick):
+    kw = _lax_kwargs(case)
+    if _auto.choose_method(*_shapes(case), platform="cpu", **kw) != "fft":
+      continue  # auto runs the direct method here: the FFT path's cost does not apply
+    x, k = (jnp.asarray(a) for a in case.arrays())
+    fns = {
+      name: jax.jit(lambda a, b, e=exact, kw=kw: _fft.conv_general_dilated_fft(a, b, exact=e, **kw))
+      for name, exact in (("old", False), ("new", True))
+    }
+    new, old = np.asarray(fns["new"](x, k)), np.asarray(fns["old"](x, k))
+    # Not bit for bit: the check changes how XLA fuses the final steps.
+    np.testing.assert_allclose(new, old, rtol=0, atol=1e-5 * np.abs(old).max())
+    t = timed({name: (lambda f=f, x=x, k=k: f(x, k)) for name, f in fns.items()}, repeats)
+    ratios.append(t["new"] / t["old"])
+    print(f"{case.name:30s}{t['old'] * 1e3:10.2f}{t['new'] * 1e3:10.2f}{ratios[-1]:9.3f}")
+  geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+  print(f"{'geometric mean':30s}{'':20s}{geo:9.3f}   [max {max(ratios):.3f}]")
+
+
+def _shapes(case: Case) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  return (case.batch, *case.size, case.c_in), (*case.taps, case.c_in, case.c_out)
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="fewer cases and repeats")
   parser.add_argument("--repeats", type=int, default=None)
   parser.add_argument("--calibrate", action="store_true")
   parser.add_argument("--accuracy", action="store_true")
+  parser.add_argument(
+    "--finite-cost", action="store_true", help="exact FFT path vs the bare one, finite inputs"
+  )
   parser.add_argument("--save", help="calibration: write the timings to this JSON file")
   parser.add_argument(
     "--load",
@@ -426,6 +462,8 @@ def main(argv: list[str] | None = None) -> None:
     calibrate(args)
   elif args.accuracy:
     accuracy()
+  elif args.finite_cost:
+    finite_cost(args.quick, args.repeats)
   else:
     start = time.perf_counter()
     rows = []

@@ -44,7 +44,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_batching import custom_vmap
 
+from flipconv import _limits
 from flipconv._validate import shape_str
 
 # Prime factors of the FFT lengths used: XLA's CPU FFT (ducc) and cuFFT are
@@ -187,6 +189,23 @@ class FftPlan:
       products * (len(self.axes) > 1),
       moved,
     )
+
+  def peak_elements(self) -> int:
+    """Elements of the largest working arrays together: the padded input, its blocks,
+    the spectra and the uncropped output, counting a complex value as two."""
+    size = math.prod(self.lengths)
+    freqs = 2 * size // self.lengths[-1] * (self.lengths[-1] // 2 + 1)
+    blocks = self.batch * math.prod(a.count for a in self.axes)
+    g, c, o = self.groups, self.contraction, self.out_per_group
+    padded = self.batch * g * c * math.prod(a.extent for a in self.axes)
+    return (
+      padded + blocks * g * c * (size + freqs) + g * o * c * freqs + blocks * g * o * (freqs + size)
+    )
+
+  def fits(self, itemsize: int) -> bool:
+    """Whether the working arrays fit in the device's memory (:func:`_limits.max_bytes`)."""
+    count = self.peak_elements()
+    return count <= _limits.MAX_EXTENT and count * itemsize <= _limits.max_bytes()
 
   def cost_ns(self) -> float:
     """Modelled CPU time of this plan, in nanoseconds (``FFT_NS``)."""
@@ -332,6 +351,23 @@ def _dtypes(dtype: Any, preferred_element_type: Any) -> tuple[Any, Any]:
   return (jnp.float64 if wide else jnp.float32), out
 
 
+@custom_vmap
+def _trusted(y: jnp.ndarray) -> jnp.ndarray:
+  """Whether every value of ``y`` is finite.
+
+  Under ``vmap`` it answers for the whole batch (one unbatched boolean), so the
+  ``lax.cond`` it drives stays a branch instead of becoming a select that
+  would run both methods.
+  """
+  return jnp.all(jnp.isfinite(y))
+
+
+@_trusted.def_vmap
+def _(axis_size: int, in_batched: Any, y: jnp.ndarray) -> tuple[jnp.ndarray, bool]:
+  del axis_size, in_batched
+  return _trusted(y), False
+
+
 def _split_phases(a: jnp.ndarray, lead: int, strides: Sequence[int]) -> jnp.ndarray:
   """``(*lead, L1*s1, ..) -> (*lead, s1, .., L1, ..)``: polyphase components, phase-major."""
   if all(s == 1 for s in strides):
@@ -407,6 +443,7 @@ def conv_general_dilated_fft(
   preferred_element_type: Any = None,
   *,
   block_lengths: Sequence[int] | None = None,
+  exact: bool = True,
 ) -> jax.Array:
   """``lax.conv_general_dilated`` computed through FFTs: the same result, faster for long kernels.
 
@@ -429,6 +466,17 @@ def conv_general_dilated_fft(
     output). The FFTs themselves run in float32 (float64).
   * Integer inputs are refused with a ``ValueError``: the result would be
     rounded floats, not exact integers; use the direct method for them.
+    Arguments that ``lax.conv_general_dilated`` refuses (such as an integer
+    ``preferred_element_type`` for float inputs) raise its error here too.
+  * Non-finite values: a NaN or infinity in an input, or an overflow in a
+    spectrum, makes every output of its transform NaN or infinite. So where
+    the first value of some inverse transform is not finite, the direct
+    method recomputes the result (one ``lax.cond`` on a single flag, per
+    device under sharding and for the whole batch under ``vmap``): NaN and
+    infinities come out exactly where, and of the sign, that the direct
+    method gives them. Finite inputs pay that check and the branch.
+  * Where the transforms would not fit in the device's memory (a huge stride
+    or padding around a small input), the direct method computes the result.
 
   Accuracy (float32, Gaussian inputs, ``max|err| / max|y|`` against the
   float64 result, ``python benchmarks/bench_fft.py --accuracy``): 2.2e-7 to
@@ -453,6 +501,8 @@ def conv_general_dilated_fft(
     preferred_element_type: the output dtype (default: the inputs').
     block_lengths: per spatial dimension, an overlap-save FFT length or 0
       for one transform; ``None`` (default) lets the cost model choose.
+    exact: recompute by the direct method where the output is not finite (see
+      above); ``False`` is the bare FFT path, kept for the benchmark.
 
   Returns:
     What ``lax.conv_general_dilated`` returns for these arguments.
@@ -460,6 +510,7 @@ def conv_general_dilated_fft(
   Raises:
     ValueError: integer or boolean inputs, a kernel whose channels do not fit
       the input's and ``feature_group_count``, or arguments of the wrong length.
+    TypeError: what ``lax.conv_general_dilated`` raises for these arguments.
 
   Examples:
     >>> import numpy as np
@@ -480,25 +531,118 @@ def conv_general_dilated_fft(
       "(the result would be rounded floats, not exact integers); use method='direct' for "
       "integer convolutions, or cast the inputs to a float dtype."
     )
-  p = plan(
-    lhs.shape,
-    rhs.shape,
+  conv_kwargs = dict(
     window_strides=window_strides,
     padding=padding,
     lhs_dilation=lhs_dilation,
     rhs_dilation=rhs_dilation,
     dimension_numbers=dimension_numbers,
     feature_group_count=feature_group_count,
-    block_lengths=block_lengths,
   )
+  direct = functools.partial(
+    lax.conv_general_dilated,
+    **conv_kwargs,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
+  # lax's own shape and dtype rules (no computation): what direct refuses, this refuses alike.
+  jax.eval_shape(
+    direct, jax.ShapeDtypeStruct(lhs.shape, lhs.dtype), jax.ShapeDtypeStruct(rhs.shape, rhs.dtype)
+  )
+  p = plan(lhs.shape, rhs.shape, **conv_kwargs, block_lengths=block_lengths)
   dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   compute, out_dtype = _dtypes(dtype, preferred_element_type)
+  if 0 in p.out or p.batch == 0 or p.out_per_group == 0:
+    out_perm = tuple(int(a) for a in np.argsort(dn.out_spec))
+    shape = (p.batch, p.groups * p.out_per_group, *p.out)
+    return jnp.zeros(tuple(shape[a] for a in out_perm), out_dtype)
+  if not p.fits(jnp.dtype(compute).itemsize):
+    # Transforms larger than memory (huge strides or padding around a small input): the
+    # direct method computes the same result without them.
+    return direct(lhs, rhs)
+  raw, first, finish = _transform_conv(lhs, rhs, p, dn, compute, out_dtype, precision)
+  if not exact:
+    return finish(raw)
+  # One value per transform (batch x output channel x block) tells: a NaN or
+  # infinity in an input, an overflow in a spectrum, or an output beyond the
+  # dtype (some frequency then exceeds it too) makes every output of that
+  # transform NaN or infinite. A narrower output dtype can overflow on its own.
+  if jnp.finfo(out_dtype).bits < jnp.finfo(compute).bits:
+    y = finish(raw)
+    raw, first, finish = y, y, lambda y: y
+  # The kept outputs are cut and laid out inside the branch. (XLA may still copy the
+  # branch's result once, into another layout: the measured cost on finite inputs.)
+  pads = tuple(
+    tuple(int(v) for v in pair)
+    for pair in _explicit(padding, lhs.shape, rhs.shape, dn, conv_kwargs)
+  )
+  slow = functools.partial(
+    _direct_padded,
+    pads=pads,
+    **conv_kwargs,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
+  return lax.cond(
+    _trusted(lax.stop_gradient(first)),
+    lambda r, a, b: finish(r),
+    lambda r, a, b: slow(a, b),
+    raw,
+    lhs,
+    rhs,
+  )
+
+
+def _explicit(padding: Any, lhs_shape: Any, rhs_shape: Any, dn: Any, kw: dict[str, Any]) -> Any:
+  """``(low, high)`` pairs for a padding string, by lax's rule."""
+  if not isinstance(padding, str):
+    return padding
+  n = len(lhs_shape) - 2
+  k_dil = kw.get("rhs_dilation") or (1,) * n
+  taps = [(rhs_shape[a] - 1) * d + 1 for a, d in zip(dn.rhs_spec[2:], k_dil, strict=True)]
+  return lax.padtype_to_pads(
+    [lhs_shape[a] for a in dn.lhs_spec[2:]], taps, kw["window_strides"], padding
+  )
+
+
+def _direct_padded(lhs: jax.Array, rhs: jax.Array, *, pads: Any, **kw: Any) -> jax.Array:
+  """The direct conv with its padding and input dilation written into the input.
+
+  Inside a ``lax.cond`` branch XLA's CPU convolution skips padded positions, so
+  a NaN or infinite kernel tap over padding gives 0 there, where the top-level
+  convolution multiplies the zeros and gives NaN. Zeros that are data are
+  multiplied in both.
+  """
+  dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, kw["dimension_numbers"])
+  n = len(pads)
+  in_dil = kw.get("lhs_dilation") or (1,) * n
+  config = [(0, 0, 0)] * lhs.ndim
+  for axis, (lo, hi), d in zip(dn.lhs_spec[2:], pads, in_dil, strict=True):
+    config[axis] = (lo, hi, d - 1)
+  # The barrier keeps XLA from folding the pad back into the convolution's window.
+  lhs = lax.optimization_barrier(lax.pad(lhs, jnp.zeros((), lhs.dtype), config))
+  kw = {**kw, "padding": [(0, 0)] * n, "lhs_dilation": (1,) * n}
+  return lax.conv_general_dilated(lhs, rhs, **kw)
+
+
+def _transform_conv(
+  lhs: jnp.ndarray,
+  rhs: jnp.ndarray,
+  p: FftPlan,
+  dn: lax.ConvDimensionNumbers,
+  compute: Any,
+  out_dtype: Any,
+  precision: Any,
+) -> jnp.ndarray:
+  """The FFT convolution of a plan, without the exactness fallback.
+
+  Returns:
+    The inverse transforms, the first value of each (see
+    :func:`conv_general_dilated_fft`), and the function that makes the
+    output of them (:func:`_finish`).
+  """
   n, g, og, c = len(p.axes), p.groups, p.out_per_group, p.contraction
   out_perm = tuple(int(a) for a in np.argsort(dn.out_spec))
-  if 0 in p.out or p.batch == 0 or og == 0:
-    shape = (p.batch, g * og, *p.out)
-    return jnp.zeros(tuple(shape[a] for a in out_perm), out_dtype)
-
   strides = tuple(a.stride for a in p.axes)
   x = lhs.transpose(dn.lhs_spec).astype(compute)  # (B, C, *spatial)
   k = rhs.transpose(dn.rhs_spec).astype(compute)  # (O, I, *taps)
@@ -543,7 +687,21 @@ def conv_general_dilated_fft(
     y = jnp.fft.ifftn(yf, s=p.lengths, axes=axes)
   else:
     y = jnp.fft.irfftn(yf, s=p.lengths, axes=axes)
+  first = y[(Ellipsis, *(0,) * n)]
+  return (
+    y,
+    first,
+    functools.partial(
+      _finish, p=p, axes=axes, blocked=tuple(blocked), out_perm=out_perm, out_dtype=out_dtype
+    ),
+  )
 
+
+def _finish(
+  y: jnp.ndarray, *, p: FftPlan, axes: Any, blocked: Any, out_perm: Any, out_dtype: Any
+) -> jnp.ndarray:
+  """The kept outputs of the inverse transforms, in lax's output layout and dtype."""
+  n, g, og = len(p.axes), p.groups, p.out_per_group
   for axis, a in zip(axes, p.axes, strict=True):
     y = (
       lax.slice_in_dim(y, 0, a.block, axis=axis)

@@ -92,10 +92,17 @@ def as_array(value: Any, name: str, where: str) -> jnp.ndarray:
   # An array of strings or objects is refused by its dtype, before jnp.asarray fails on it.
   if isinstance(getattr(value, "dtype", None), np.dtype):
     check_dtype(value.dtype)
+  if value is None:
+    raise TypeError(f"{where}: {name} must be an array, got None.")
   try:
     arr = jnp.asarray(value)
   except TypeError as e:
     raise TypeError(f"{where}: {name} must be an array, got {type(value).__name__}: {e}") from None
+  except (ValueError, OverflowError) as e:  # ragged nested lists; ints beyond int64
+    raise ValueError(
+      f"{where}: {name} cannot be made an array ({type(e).__name__}: {e}); pass a "
+      "rectangular array of numbers."
+    ) from None
   check_dtype(arr.dtype)
   return arr
 

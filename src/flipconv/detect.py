@@ -18,7 +18,13 @@ arguments that do it. The search, cheapest first:
    the dilated kernel fits in the input), one stride for all dimensions, names
    and ints. Argument sets that compute the same thing (same low padding, stride
    and dilation wherever they matter) are evaluated once. The search stops
-   after the first tier that gives a match.
+   after the first tier that gives a match. The values that fit are ranges in
+   closed form, enumerated lazily: at most :data:`MAX_CANDIDATES` spellings and
+   :data:`MAX_ARGUMENT_SETS` argument sets per layout pair and tier, and no
+   argument set whose input window exceeds a fixed element count, so that
+   neither memory nor time grows with an argument's value (``padding=10**9``
+   costs what ``padding=1`` does). A search that reaches a budget without a
+   match raises a ``ValueError`` that says so.
 3. **Computing.** Argument sets sharing a stride and dilation are stacked and
    run as one jit-compiled conv for both flips at once (the flipped kernel is
    stacked with the kernel), so a typical layer costs one compiled conv.
@@ -61,6 +67,11 @@ MAX_DILATION = 8
 MAX_ARGUMENT_SETS = 256
 """Most argument sets evaluated per layout pair and tier (the rest is reported as cut)."""
 
+MAX_CANDIDATES = 4096
+"""Most spellings (stride x padding) examined per layout pair and tier. Enumeration is
+lazy, so fixed arguments with huge values cost no memory; a search that reaches this
+budget without a match raises a ``ValueError`` that says so."""
+
 DATA_LAYOUTS = ("NC{s}", "N{s}C")
 """Data layouts tried for bare combinations (``{s}``: spatial letters; no ``N`` if unbatched)."""
 
@@ -82,7 +93,7 @@ _FIXABLE = (
   "pad_mode",
 )
 _FORWARD_ONLY = ("input_dilation", "pad_mode")
-_MAX_ELEMENTS = 1 << 25  # per compiled call: argument sets x flips x output size
+_MAX_ELEMENTS = 1 << 25  # per compiled call: argument sets x flips x output (or window) size
 _UNDETERMINED = "flip undetermined: the kernel is symmetric under flipping"
 
 
@@ -142,7 +153,8 @@ class Search:
     tried: the conventions or combinations whose layouts fit the shapes.
     pruned: ``(name, reason)`` for each registry convention that did not fit.
     evaluated: how many distinct argument sets x flips were computed.
-    cut: whether some tier had more than :data:`MAX_ARGUMENT_SETS` argument sets.
+    cut: whether some tier had more than :data:`MAX_ARGUMENT_SETS` argument sets or
+      :data:`MAX_CANDIDATES` spellings, or argument sets too large to evaluate.
     rtol: the error threshold used.
     closest: the smallest error seen and what gave it (``None`` if nothing ran).
   """
@@ -209,9 +221,10 @@ def detect_convention(
 
   Raises:
     TypeError: an array is not numeric, or an unknown keyword is given.
-    ValueError: the arrays contain NaN/inf, ``y`` is all zeros, or no
-      convention or combination fits the shapes at all (the message says why
-      for each convention).
+    ValueError: the arrays contain NaN/inf, ``y`` is all zeros, no convention
+      or combination fits the shapes at all (the message says why for each
+      convention), no argument values fit the fixed ones, or the search reached
+      its budget (:data:`MAX_CANDIDATES`) without a match.
 
   Examples:
     >>> import numpy as np, flipconv as fc
@@ -464,15 +477,75 @@ def _uniform(values: Sequence[Any]) -> Any:
   return values[0] if len(set(values)) == 1 else tuple(values)
 
 
-def _stride_options(size: int, out: int, k_eff: int, max_pad: int) -> list[int]:
-  """Strides that map ``size`` to ``out`` with at most ``max_pad`` on each side."""
+def _stride_options(size: int, out: int, k_eff: int, max_pad: int) -> Sequence[int]:
+  """Strides that map ``size`` to ``out`` with at most ``max_pad`` on each side.
+
+  A ``range`` (or a short list): its length is not bounded by the arguments'
+  values, so it is only ever iterated lazily, under the candidate budget.
+  """
   if out == 1:
     # Past the first window every stride gives the same single output; the
-    # smallest stride for each total padding is enough.
-    return sorted({1} | {max(1, size + p - k_eff + 1) for p in range(2 * max_pad + 1)})
+    # smallest stride for each total padding is enough: 1, then
+    # size + p - k_eff + 1 for p = 0 .. 2 max_pad.
+    first = max(2, size - k_eff + 1)
+    last = size + 2 * max_pad - k_eff + 1
+    return _Chain([1], range(first, last + 1))
   low = max(1, (size - k_eff) // out + 1)
   high = (size + 2 * max_pad - k_eff) // (out - 1)
-  return list(range(low, high + 1))
+  return range(low, high + 1)
+
+
+class _Chain(Sequence):
+  """Two sequences one after the other, without copying either (ranges stay lazy)."""
+
+  def __init__(self, a: Sequence[int], b: Sequence[int]):
+    self.a, self.b = a, b
+
+  def __len__(self) -> int:
+    return len(self.a) + len(self.b)
+
+  def __getitem__(self, i: Any) -> int:
+    if isinstance(i, slice):
+      raise TypeError("_Chain takes no slices")
+    return self.a[i] if i < len(self.a) else self.b[i - len(self.a)]
+
+  def __iter__(self) -> Any:
+    return itertools.chain(self.a, self.b)
+
+
+def _product(*seqs: Sequence[Any]) -> Iterable[tuple[Any, ...]]:
+  """``itertools.product`` without materialising its inputs (which may be huge ranges)."""
+  if not seqs:
+    yield ()
+    return
+  for head in seqs[0]:
+    for rest in _product(*seqs[1:]):
+      yield (head, *rest)
+
+
+def _fixed_pad_strides(padded: int, out: int, k: int) -> Sequence[int]:
+  """Strides with ``(padded - k) // s + 1 == out`` (just 1 where every stride gives ``out``)."""
+  if padded < k:
+    return []
+  if out == 1:
+    return [1] if padded - k < 1 else range(padded - k + 1, padded - k + 2)
+  return range((padded - k) // out + 1, (padded - k) // (out - 1) + 1)
+
+
+def _symmetric_pads(size: int, out: int, k: int, s: int) -> range:
+  """Symmetric paddings ``p < k`` with ``(size + 2p - k) // s + 1 == out``, in closed form."""
+  # (out - 1) s <= size + 2p - k <= out s - 1
+  lo = max(0, -(-((out - 1) * s - size + k) // 2))
+  hi = min(k - 1, (out * s - 1 - size + k) // 2)
+  return range(lo, hi + 1)
+
+
+def _low_pads(size: int, out: int, k: int, s: int) -> range:
+  """Low paddings ``lo < k`` for which the smallest fitting high padding exists."""
+  # hi = max(0, t - lo) with t = (out - 1) s + k - size fits exactly when t <= lo + (s - 1)
+  # for lo > t (hi = 0) and always for lo <= t.
+  t = (out - 1) * s + k - size
+  return range(0, min(k - 1, t + s - 1) + 1)
 
 
 def _fits(size: int, out: int, k_eff: int, s: int, lo: int, hi: int) -> bool:
@@ -490,23 +563,22 @@ def _spellings(
   if tier != 1:
     yield from _PADDING_NAMES
     per_dim = [
-      [p for p in range(k) if _fits(size, out, k, s, p, p)]
-      for (size, out, k), s in zip(dims, strides, strict=True)
+      _symmetric_pads(size, out, k, s) for (size, out, k), s in zip(dims, strides, strict=True)
     ]
-    for ps in itertools.product(*per_dim):
-      yield _uniform(ps)
+    for ps in _product(*per_dim):
+      if all(_fits(*d, s, p, p) for d, s, p in zip(dims, strides, ps, strict=True)):
+        yield _uniform(ps)
   else:
-    per_dim = []
-    for (size, out, k), s in zip(dims, strides, strict=True):
-      pairs = []
-      for lo in range(k):
-        hi = max(0, (out - 1) * s + k - size - lo)
-        if _fits(size, out, k, s, lo, hi):
-          pairs.append((lo, hi))
-      per_dim.append(pairs)
-    for pairs in itertools.product(*per_dim):
-      if any(lo != hi for lo, hi in pairs):
-        yield tuple(pairs)
+    per_dim = [_low_pads(size, out, k, s) for (size, out, k), s in zip(dims, strides, strict=True)]
+    for lows in _product(*per_dim):
+      pairs = tuple(
+        (lo, max(0, (out - 1) * s + k - size - lo))
+        for lo, (size, out, k), s in zip(lows, dims, strides, strict=True)
+      )
+      if any(lo != hi for lo, hi in pairs) and all(
+        _fits(*d, s, lo, hi) for d, s, (lo, hi) in zip(dims, strides, pairs, strict=True)
+      ):
+        yield pairs
 
 
 def _arg_sets(
@@ -518,15 +590,16 @@ def _arg_sets(
   k_shape: tuple[int, ...],
   y_shape: tuple[int, ...],
   seen: set[tuple[Any, ...]],
-) -> tuple[list[_ArgSet], bool]:
-  """The distinct argument sets of one tier for one layout pair (and whether some were cut)."""
+) -> tuple[list[_ArgSet], bool, bool]:
+  """The distinct argument sets of one tier for one layout pair, whether some were cut,
+  and whether the candidate budget (:data:`MAX_CANDIDATES`) ran out."""
   n = len(combo.dims)
   ks = [k for _, _, k in combo.dims]
   if tier == 1 and fixed.get("padding") is not None:
-    return [], False
+    return [], False, False
   if fixed.get("dilation") is not None:
     if tier >= 2:
-      return [], False
+      return [], False, False
     dilations = [tuple(_spec.as_int_tuple(fixed["dilation"], n, "dilation", _WHERE))]
   elif tier >= 2:
     # Dilations whose dilated kernel still fits in the input (SAME fits any).
@@ -544,27 +617,38 @@ def _arg_sets(
   found: list[_ArgSet] = []
   by_key: dict[tuple[Any, ...], _ArgSet] = {}
   cut = False
+  budget = MAX_CANDIDATES
   for dil in dilations:
     k_eff = _padding.effective_sizes(ks, dil)
     sizes = _padding.effective_sizes([s for s, _, _ in combo.dims], idil)
     dims = [(size, out, k) for size, (_, out, _), k in zip(sizes, combo.dims, k_eff, strict=True)]
     if fixed.get("strides") is not None:
       stride_sets = [_spec.as_int_tuple(fixed["strides"], n, "strides", _WHERE)]
-    else:
-      max_pads = [max(k - 1, *(max(p) for p in fixed_pads)) if fixed_pads else k - 1 for k in k_eff]
-      options = [
-        _stride_options(size, out, k, mp) for (size, out, k), mp in zip(dims, max_pads, strict=True)
-      ]
-      stride_sets = itertools.product(*options)
-      if tier >= 2:  # dilated: one stride for every dimension whose output has > 1 element
-        stride_sets = (
-          ss
-          for ss in stride_sets
-          if len({s for s, (_, out, _) in zip(ss, dims, strict=True) if out > 1}) <= 1
+    elif fixed_pads:  # the padded sizes are known: exactly the strides that fit
+      stride_sets = _product(
+        *(
+          _fixed_pad_strides(size + lo + hi, out, k)
+          for (size, out, k), (lo, hi) in zip(dims, fixed_pads, strict=True)
         )
+      )
+    else:
+      stride_sets = _product(*(_stride_options(size, out, k, k - 1) for size, out, k in dims))
     for strides in stride_sets:
       strides = tuple(strides)
+      budget -= 1
+      if budget < 0:
+        seen.update(by_key)
+        return found, True, True
+      # Dilated tiers: one stride for every dimension whose output has > 1 element.
+      if (
+        tier >= 2 and len({s for s, (_, out, _) in zip(strides, dims, strict=True) if out > 1}) > 1
+      ):
+        continue
       for padding in _spellings(tier, dims, strides, fixed.get("padding")):
+        budget -= 1
+        if budget < 0:
+          seen.update(by_key)
+          return found, True, True
         kwargs = {"strides": _uniform(strides), "padding": padding, "dilation": _uniform(dil)}
         arg = _resolve(combo, kwargs, fixed, transposed, x_shape, k_shape, y_shape, tier)
         if arg is None:
@@ -576,12 +660,16 @@ def _arg_sets(
           continue
         if len(found) >= MAX_ARGUMENT_SETS:
           cut = True
-          continue
+          break
         arg.spellings.append(padding)
         by_key[arg.key] = arg
         found.append(arg)
+      if cut:
+        break
+    if cut:
+      break
   seen.update(by_key)
-  return found, cut
+  return found, cut, False
 
 
 def _resolve(
@@ -742,6 +830,20 @@ def _transposed_errors(x, kernels, y, bias, starts, *, strides, dilation, groups
   return _max_errors(jax.vmap(window)(starts), y, bias)
 
 
+def _reach(combo: _Combo, strides: Sequence[int], dilation: Sequence[int]) -> tuple[int, ...]:
+  """Per dimension, the padded input that an argument set's outputs read."""
+  return tuple(
+    (out - 1) * (s if out > 1 else 1) + (k - 1) * (d if k > 1 else 1) + 1
+    for (_, out, k), s, d in zip(combo.dims, strides, dilation, strict=True)
+  )
+
+
+def _window_elements(combo: _Combo, arg: _ArgSet) -> int:
+  """Elements of the input window (or, transposed, the adjoint's output) one set needs."""
+  batch, channels = combo.x_c.shape[0], max(combo.x_c.shape[1], combo.y_c.shape[1])
+  return batch * channels * math.prod(_reach(combo, arg.strides, arg.dilation))
+
+
 def _windows(
   x_c: np.ndarray,
   args: Sequence[_ArgSet],
@@ -809,6 +911,8 @@ def _evaluate(
     plans.append((step, reach))
     groups.setdefault((conv_strides, dilation), []).append(i)
   chunk = max(1, _MAX_ELEMENTS // (len(flips) * max(1, combo.y_c.size)))
+  # ... and stacked windows no larger than that either.
+  chunk = max(1, min(chunk, _MAX_ELEMENTS // max(_window_elements(combo, a) for a in args)))
   pad_mode = _padding.normalize_pad_mode(fixed.get("pad_mode") or "zeros", _WHERE)
   for (strides, dilation), members in groups.items():
     for start in range(0, len(members), chunk):
@@ -991,6 +1095,14 @@ def search(
       f"{_WHERE}: no convention or flip/layout combination fits the shapes "
       f"{shapes}{' with ' + repr(fixed) if fixed else ''}. {why}."
     )
+  if state.over_budget and not state.hits:
+    given = {k: v for k, v in fixed.items() if k in ("strides", "padding", "dilation")}
+    raise ValueError(
+      f"{_WHERE}: the search reached its budget without a match: it left "
+      f"{' and '.join(state.over_budget.values())} unexamined"
+      f"{' (with ' + _kwargs_str(given) + ')' if given else ''}. Fix strides, padding and "
+      "dilation to the layer's values, or check that x, kernel and y belong together."
+    )
   if state.evaluated == 0:
     fits = "; ".join(
       f"{c.describe()}: sizes {tuple(d[0] for d in c.dims)} -> {tuple(d[1] for d in c.dims)} "
@@ -1023,6 +1135,7 @@ class _State:
     self.combos: list[_Combo] = []
     self.evaluated = 0
     self.cut = False
+    self.over_budget: dict[str, str] = {}  # what the budgets left unexamined, by kind
     self.closest: tuple[float, str] | None = None
 
   def run(self, combos: list[_Combo], *, named: bool) -> None:
@@ -1033,8 +1146,24 @@ class _State:
     for tier in range(MAX_DILATION + 1):
       for i in range(start, len(self.combos)):
         combo = self.combos[i]
-        args, cut = _arg_sets(combo, tier, self.fixed, self.transposed, *self.shapes, seen[i])
+        args, cut, spent = _arg_sets(
+          combo, tier, self.fixed, self.transposed, *self.shapes, seen[i]
+        )
         self.cut |= cut
+        if spent:
+          self.over_budget.setdefault("spent", f"more than {MAX_CANDIDATES} candidate spellings")
+        # Windows up to 2**n times the arrays given (padding up to the kernel's size)
+        # are what any layer needs; larger ones grow with an argument's value.
+        limit = max(_MAX_ELEMENTS, 2 ** len(combo.dims) * (combo.x_c.size + combo.y_c.size))
+        small = [a for a in args if _window_elements(combo, a) <= limit]
+        if len(small) < len(args):
+          self.cut = True
+          self.over_budget.setdefault(
+            "windows",
+            f"argument sets whose windows hold more than {limit} elements, e.g. "
+            f"{_kwargs_str(next(a for a in args if a not in small).kwargs)}",
+          )
+        args = small
         if not args:
           continue
         errors = _evaluate(combo, args, self.flips, self.dtype, self.transposed, self.fixed)

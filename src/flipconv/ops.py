@@ -8,7 +8,7 @@ import jax
 from jax import lax
 from jax.typing import ArrayLike
 
-from flipconv import _spec
+from flipconv import _limits, _spec
 from flipconv._layouts import check_letters, spatial_letters
 
 
@@ -111,6 +111,9 @@ def conv(
     where=where,
   )
   x, kernel = _spec.promote(x, kernel)
+  _limits.check_conv(
+    where, x.shape, kernel.shape, call, x.dtype, preferred_element_type, padding=padding
+  )
   return _spec.run(
     x,
     kernel,

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from flipconv import _padding, _spec
+from flipconv import _limits, _padding, _spec
 from flipconv._layouts import parse_layouts
 from flipconv._padding import PaddingSpec
 from flipconv._validate import as_int_tuple, is_int
@@ -186,6 +186,9 @@ def conv_transpose(
     groups=groups,
   )
   y, kernel = _spec.promote(y, kernel)
+  _limits.check_conv(
+    where, y.shape, kernel.shape, call, y.dtype, preferred_element_type, transposed=True
+  )
   out = _spec.run(
     y,
     kernel,
