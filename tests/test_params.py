@@ -538,3 +538,17 @@ def test_sharded_dense_kernel(mesh):
   out = fc.convert_params({"fc": {"weight": w}}, "pytorch", "flax")["fc"]["weight"]
   assert out.sharding.spec == P("data", "model")
   np.testing.assert_array_equal(np.asarray(out), w_np.T)
+
+
+def test_a_shadowed_pattern_is_not_a_pattern_that_matches_nothing():
+  """First match wins; a pattern an earlier one shadows still matches (README's own select)."""
+  sd = {"up.weight": np.zeros((16, 8, 2, 2), np.float32)}
+  select = {"up.weight": "conv_transpose", "*": "auto"}
+  out = fc.convert_params(sd, "pytorch", "flax", select=select)
+  assert out["up.weight"].shape == (2, 2, 16, 8)  # HWOI: taken as a transposed conv
+  assert [c.kind for c in fc.plan_params(sd, "pytorch", "flax", select=select)] == [
+    "conv_transpose"
+  ]
+  # A pattern that matches no leaf at all is still an error.
+  with pytest.raises(ValueError, match=r"'down\.\*' matches no array leaf"):
+    fc.convert_params(sd, "pytorch", "flax", select={"down.*": "conv", "*": "auto"})
