@@ -14,7 +14,6 @@ dense after a flatten) and checked against the target's shape.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import itertools
 import re
 import warnings
@@ -29,9 +28,6 @@ from flipconv._validate import shape_str
 from flipconv.convert import KernelPlan, apply_plan, depthwise_plan, kernel_plan, linear_plan
 from flipconv.registry import Convention
 
-_SEP = re.compile(r"[./]")
-_TRANSPOSED = re.compile(r"transpose|deconv|up[-_]?conv", re.IGNORECASE)
-_EMBEDDING = re.compile(r"emb|wte|wpe", re.IGNORECASE)  # embed, tok_emb, GPT-2 wte/wpe
 _ARR = re.compile(r"arr_(\d+)")
 # Collections of a linen variables dict that hold what a checkpoint has.
 _COLLECTIONS = ("params", "batch_stats")
@@ -230,23 +226,13 @@ class TargetLayer:
   kind: str
 
 
-def _key_name(key: Any) -> str:
-  for attr in ("key", "idx", "name"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
 def _natural(text: str) -> tuple[Any, ...]:
   return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
 
 
 def _shape(value: Any) -> tuple[int, ...]:
-  return (
-    tuple(int(n) for n in np.shape(value))
-    if not hasattr(value, "shape")
-    else tuple(int(n) for n in value.shape)
-  )
+  # .shape first: np.shape would read a ShapeDtypeStruct as a 0-d object array.
+  return tuple(int(n) for n in (value.shape if hasattr(value, "shape") else np.shape(value)))
 
 
 def _kernel_key(keys: Sequence[str]) -> str | None:
@@ -272,7 +258,7 @@ def source_kind(name: str, leaves: Mapping[str, SourceLeaf]) -> str:
     if rank >= 3:
       return "conv"
     if rank == 2:
-      return "embed" if _EMBEDDING.search(name) and not keys - {k} else "dense"
+      return "embed" if _trees.EMBEDDING.search(name) and not keys - {k} else "dense"
     if keys - {k} & {"bias", "beta", "b"}:
       return "norm"
     return "prelu"
@@ -326,11 +312,11 @@ def source_layers(source: Any, where: str) -> tuple[list[SourceLayer], list[Sour
     _walk(source, (), "", flat, strip)
   else:
     for kp, leaf in jax.tree_util.tree_flatten_with_path(source)[0]:
-      keys = [_key_name(k) for k in kp]
-      if len(keys) > 1 and keys[-1] in ("value", "raw_value"):
+      keys = [_trees.key_str(k) for k in kp]
+      if len(keys) > 1 and keys[-1] in _trees.WRAPPER_ATTRS:
         keys = keys[:-1]
       name = ".".join(keys)
-      flat.append((tuple(p for k in keys for p in _SEP.split(k) if p), name, leaf))
+      flat.append((tuple(p for k in keys for p in _trees.SEPARATORS.split(k) if p), name, leaf))
   layers: dict[tuple[str, ...], SourceLayer] = {}
   for parts, name, leaf in flat:
     if not _is_leaf_value(leaf):
@@ -369,7 +355,7 @@ def _walk(node: Any, parts: tuple[str, ...], name: str, out: list, strip: bool) 
       if strip and not parts:  # a variables dict: the collection is not part of the name
         _walk(v, (), "", out, False)
         continue
-      split = tuple(p for p in _SEP.split(k) if p)
+      split = tuple(p for p in _trees.SEPARATORS.split(k) if p)
       _walk(v, parts + split, f"{name}/{k}" if name else k, out, False)
   elif isinstance(node, (list, tuple)) and not _is_leaf_value(node):
     for i, v in enumerate(node):
@@ -388,8 +374,8 @@ def target_layers(like: Any, where: str) -> tuple[list[TargetLayer], bool]:
   entries: list[tuple[str, list[str], int]] = []  # (collection, names, index)
   # Walk like's mappings in their own order (jax's flattening sorts dict keys).
   for keys, index in _ordered_paths(like, by_path):
-    names = [_key_name(k) for k in keys]
-    if names and names[-1] in ("value", "raw_value") and len(names) > 1:
+    names = [_trees.key_str(k) for k in keys]
+    if names and names[-1] in _trees.WRAPPER_ATTRS and len(names) > 1:
       names = names[:-1]
     collection = ""
     if collections:
@@ -633,6 +619,9 @@ class FlattenRule:
   dst_order: str
   sizes: tuple[tuple[str, int], ...]
 
+  def matches(self, path: str) -> bool:
+    return _trees.glob_regex(self.pattern).fullmatch(path) is not None
+
 
 def parse_flatten(flatten: Any, where: str) -> list[FlattenRule]:
   if flatten is None:
@@ -667,10 +656,6 @@ def parse_flatten(flatten: Any, where: str) -> list[FlattenRule]:
       sizes = dict(zip(s_order, sizes, strict=True))
     rules.append(FlattenRule(pattern, s_order, d_order, tuple(sizes.items())))
   return rules
-
-
-def _glob(pattern: str) -> re.Pattern[str]:
-  return re.compile(fnmatch.translate(pattern.replace(".", "/")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -719,7 +704,7 @@ def plan_leaf(
       return LeafPlan(_kernel_words(plan, "depthwise"), plan.new_shape(shape), plan)
     if kind_hint in ("conv", "conv_transpose"):
       kinds = [kind_hint]
-    elif _TRANSPOSED.search(target.path):
+    elif _trees.TRANSPOSED.search(target.path):
       kinds = ["conv_transpose", "conv"]
     else:
       kinds = ["conv", "conv_transpose"]
@@ -901,7 +886,7 @@ def _select_kinds(select: Any, layers: list[TargetLayer], where: str) -> dict[st
   for pattern, kind in select.items():
     if kind not in allowed:
       raise ValueError(f"{where}: select[{pattern!r}] = {kind!r}; allowed: {allowed}.")
-    regex = _glob(pattern)
+    regex = _trees.glob_regex(pattern)
     hits = [p for p in paths if regex.fullmatch(p)]
     if not hits:
       raise ValueError(
@@ -971,7 +956,7 @@ def _warn_flatten(
         f"{d_order!r}, {{'C': {channels}, ...}})}} (the orders both sides flatten in), "
         "or a rule that maps an order to itself to silence this.",
         FlattenWarning,
-        stacklevel=4,
+        stacklevel=5,
       )
 
 
@@ -1006,7 +991,7 @@ def _warn_guessed_order(pairs: list[Pairing], where: str) -> None:
       f"{'; ...' if len(doubtful) > 6 else ''}. Check plan_params, or pass like from "
       "model.init(...) (not jitted) or order=[layer paths].",
       OrderWarning,
-      stacklevel=4,
+      stacklevel=5,
     )
 
 
@@ -1039,7 +1024,7 @@ def port(
     targets, ordered = _check_order(order, targets, where), True
   rules = parse_flatten(flatten, where)
   dense = [t.path for t in targets if t.kind == "dense"]
-  idle = [r.pattern for r in rules if not any(_glob(r.pattern).fullmatch(p) for p in dense)]
+  idle = [r.pattern for r in rules if not any(r.matches(p) for p in dense)]
   if idle:
     # A misspelt glob would leave the dense layer in the source's order, silently.
     raise ValueError(
@@ -1070,7 +1055,7 @@ def port(
   dense_in: list[tuple[Pairing, int]] = []  # dense layers with no flatten rule, their inputs
   for pair in pairs:
     t, s = pair.target, pair.source
-    rule = next((r for r in rules if _glob(r.pattern).fullmatch(t.path)), None)
+    rule = next((r for r in rules if r.matches(t.path)), None)
     for key, tleaf in t.leaves.items():
       want = _shape(tleaf.value)
       sleaf = None
@@ -1095,7 +1080,7 @@ def port(
         )
         continue
       s.used.add(sleaf.key)
-      value = _trees.host_array(sleaf.value, sleaf.name, where)
+      value = sleaf.value  # foreign tensors were read as NumPy before (params._prepared)
       hint = kinds.get(f"{t.path}/{key}", "auto")
       if hint is None:
         lp = LeafPlan("kept as is (select)", _shape(value))
@@ -1172,7 +1157,7 @@ def port(
         + ". Name the layers alike, give order=, or pass strict=False to keep like's "
         "values for the unmatched target leaves."
       )
-    warnings.warn(f"{where}: " + "; ".join(text) + ".", UnmatchedWarning, stacklevel=3)
+    warnings.warn(f"{where}: " + "; ".join(text) + ".", UnmatchedWarning, stacklevel=4)
   if not ordered:
     _warn_guessed_order(pairs, where)
   if not convert:

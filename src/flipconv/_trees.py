@@ -1,6 +1,10 @@
-"""Parameter trees as users hand them to us: foreign array leaves, and trees that are not trees.
+"""Parameter trees as users hand them to us: their names, foreign array leaves, and trees
+that are not trees.
 
-Two jobs, both done before ``jax.tree_util`` sees a tree:
+The names of a tree's leaves and modules (:func:`key_str`, the separators,
+what names a transposed conv or an embedding) are read the same way by the
+converter (:mod:`flipconv.params`) and the porter (:mod:`flipconv._porting`).
+Two more jobs, both done before ``jax.tree_util`` sees a tree:
 
 * :func:`check_tree` refuses a container that contains itself (JAX's C++
   flattener recurses into it until the interpreter's stack is exhausted, and
@@ -12,11 +16,45 @@ Two jobs, both done before ``jax.tree_util`` sees a tree:
 
 from __future__ import annotations
 
+import fnmatch
+import functools
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
+
+# Keys are split at dots and slashes: "layer1.0.conv1.weight" is layer1/0/conv1/weight.
+SEPARATORS = re.compile(r"[./]")
+# A module (path part or node class) named like a transposed conv.
+TRANSPOSED = re.compile(r"transpose|deconv|up[-_]?conv", re.IGNORECASE)
+# A module named like an embedding (embed, tok_emb, GPT-2's wte/wpe): its rank-2
+# "weight" is a lookup table, not a dense kernel.
+EMBEDDING = re.compile(r"emb|wte|wpe", re.IGNORECASE)
+# nnx.Variable and similar wrappers flatten to a ".value" child: not part of the name.
+WRAPPER_ATTRS = frozenset({"value", "raw_value"})
+
+
+def key_str(key: Any) -> str:
+  """One ``jax.tree_util`` path key as the name it stands for."""
+  tu = jax.tree_util
+  if isinstance(key, tu.DictKey):
+    return str(key.key)
+  if isinstance(key, tu.SequenceKey):
+    return str(key.idx)
+  if isinstance(key, tu.GetAttrKey):
+    return key.name
+  if isinstance(key, tu.FlattenedIndexKey):
+    return str(key.key)
+  return str(key)
+
+
+@functools.lru_cache(maxsize=256)
+def glob_regex(pattern: str) -> re.Pattern[str]:
+  """A glob on ``"/"``-joined paths; a dot counts as ``"/"`` (``"a.*.w"`` is ``"a/*/w"``)."""
+  return re.compile(fnmatch.translate(pattern.replace(".", "/")))
+
 
 # Far deeper than any model (a ResNet-152 state_dict is 6 deep), far shallower
 # than the interpreter's recursion limit that jax.tree_util would hit.
@@ -77,18 +115,31 @@ def is_foreign_array(leaf: Any) -> bool:
   return hasattr(leaf, "shape") and (hasattr(leaf, "__dlpack__") or hasattr(leaf, "__array__"))
 
 
-def _torch_to_numpy(t: Any) -> np.ndarray:
+def torch_to_numpy(t: Any) -> np.ndarray:
+  """A dense torch tensor's data as NumPy, without a copy where torch allows.
+
+  The dtypes NumPy lacks (bfloat16, float8_*) come as their ``ml_dtypes`` equal,
+  bit for bit. A tensor that has no such form raises ``TypeError`` whose message
+  says what it is (``"a sparse tensor (sparse_coo)"``), for the caller to name it.
+  """
+  import ml_dtypes
   import torch
 
-  t = t.detach()
+  kind = str(t.dtype).removeprefix("torch.")
   if t.layout != torch.strided:
-    raise TypeError(f"a sparse torch.Tensor ({t.layout}); call .to_dense() first")
-  t = t.cpu().resolve_conj().resolve_neg()
-  if t.dtype == torch.bfloat16:  # NumPy has no bfloat16; ml_dtypes does, bit for bit
-    import ml_dtypes
-
-    return t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-  return t.numpy()
+    raise TypeError(f"a sparse tensor ({str(t.layout).removeprefix('torch.')})")
+  if t.is_quantized:
+    raise TypeError(f"a quantized tensor ({kind})")
+  try:
+    t = t.detach().cpu().resolve_conj().resolve_neg()
+    ml = getattr(ml_dtypes, kind, None)
+    if ml is not None and np.dtype(ml).itemsize == t.element_size():
+      # NumPy has no such dtype; reinterpret the bytes (same bits, same order).
+      return t.contiguous().view(torch.uint8).numpy().view(ml).reshape(tuple(t.shape))
+    return t.numpy()
+  except Exception as e:  # no NumPy dtype (float4_e2m1fn_x2), a nested or meta tensor ...
+    text = " ".join(str(e).split())[:200]
+    raise TypeError(f"of dtype {kind} ({type(e).__name__}{': ' + text if text else ''})") from None
 
 
 def host_array(leaf: Any, name: str, where: str) -> Any:
@@ -97,7 +148,7 @@ def host_array(leaf: Any, name: str, where: str) -> Any:
     return leaf
   try:
     if type(leaf).__module__.split(".")[0] == "torch":
-      return _torch_to_numpy(leaf)
+      return torch_to_numpy(leaf)
     return np.asarray(leaf)
   except Exception as e:  # a framework's own error: say which leaf, and what it was
     raise TypeError(

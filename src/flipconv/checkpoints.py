@@ -35,6 +35,8 @@ from typing import Any, BinaryIO
 import ml_dtypes
 import numpy as np
 
+from flipconv._trees import torch_to_numpy
+
 FORMATS = {".npz": "npz", ".safetensors": "safetensors", ".msgpack": "msgpack"}
 INPUT_FORMATS = {**FORMATS, ".onnx": "onnx"}  # read, never written
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
@@ -564,7 +566,13 @@ class PickleReader(Reader):
         )
       where[name] = keys
       if isinstance(leaf, torch.Tensor):
-        arr = _torch_to_numpy(leaf, name, path)
+        try:
+          arr = torch_to_numpy(leaf)
+        except TypeError as e:
+          raise CheckpointError(
+            f"{path!r}: tensor {name!r} is {e}, which flipconv does not read; save it as a "
+            "dense tensor of a NumPy or ml_dtypes dtype."
+          ) from None
       elif isinstance(leaf, (int, float, bool)) and not np.asarray(leaf).dtype.hasobject:
         arr = np.asarray(leaf)  # (an int past 64 bits has no dtype: skipped, below)
       else:
@@ -588,33 +596,6 @@ def _walk_any(node: Any) -> Iterator[tuple[tuple[Any, ...], Any]]:
       stack.extend(((*prefix, i), v) for i, v in reversed(list(enumerate(node))))
     else:
       yield prefix, node
-
-
-def _torch_to_numpy(t: Any, name: str, path: str) -> np.ndarray:
-  """A dense CPU tensor's data as NumPy; the dtypes NumPy lacks (bfloat16, float8_*) as their
-  ``ml_dtypes`` equal, bit for bit. Anything else (sparse, quantized, complex32) is refused."""
-  import torch
-
-  def refuse(what: str) -> CheckpointError:
-    return CheckpointError(
-      f"{path!r}: tensor {name!r} is {what}, which flipconv does not read; save it as a "
-      "dense tensor of a NumPy or ml_dtypes dtype."
-    )
-
-  kind = str(t.dtype).removeprefix("torch.")
-  if t.layout != torch.strided:
-    raise refuse(f"a sparse tensor ({str(t.layout).removeprefix('torch.')})")
-  if t.is_quantized:
-    raise refuse(f"a quantized tensor ({kind})")
-  try:
-    t = t.detach().cpu().contiguous()
-    ml = getattr(ml_dtypes, kind, None)
-    if ml is not None and np.dtype(ml).itemsize == t.element_size():
-      # NumPy has no such dtype; reinterpret the bytes (same bits, same order).
-      return t.view(torch.uint8).numpy().view(ml).reshape(tuple(t.shape))
-    return t.numpy()
-  except Exception as e:  # no NumPy dtype (float4_e2m1fn_x2), a nested or meta tensor ...
-    raise refuse(f"of dtype {kind} ({_first_line(e)})") from None
 
 
 _ONNX_PACKED_BITS = {"INT4": 4, "UINT4": 4, "FLOAT4E2M1": 4, "INT2": 2, "UINT2": 2}
@@ -1449,7 +1430,7 @@ def port_file(
     >>> loaded["params"]["fc"]["kernel"].shape, float(loaded["params"]["fc"]["kernel"].sum())
     ((8, 10), 80.0)
   """
-  from flipconv.params import convert_params, plan_params
+  from flipconv.params import port_params
 
   src_path, dst_path, like_path = os.fspath(src_path), os.fspath(dst_path), os.fspath(like_path)
   if file_format(dst_path, role="output") != "msgpack":
@@ -1467,11 +1448,12 @@ def port_file(
   with open_checkpoint(src_path, allow_pickle=allow_pickle) as reader:
     notes = list(reader.notes) + [f"{n}: not a tensor, skipped" for n in sorted(reader.opaque)]
     source = {t.name: reader.read(t.name) for t in reader.tensors if t.name not in reader.opaque}
-  kwargs = dict(like=like, select=select, flatten=flatten, strict=strict, epsilon=epsilon)
-  plan = plan_params(source, src, dst, **kwargs)
+  plan, variables = port_params(
+    source, src, dst, like=like, select=select, flatten=flatten, strict=strict,
+    epsilon=epsilon, order=None, convert=not dry_run, where="flipconv convert",
+  )  # fmt: skip
   if dry_run:
     return plan, notes
-  variables = convert_params(source, src, dst, **kwargs)
   del source
   leaves = list(_walk(variables))
   infos = [
@@ -1548,7 +1530,7 @@ def convert_file(
     >>> np.load(dst)["conv.weight"].shape
     (5, 5, 3, 8)
   """
-  from flipconv.params import permute_numpy
+  from flipconv.convert import permute_numpy
   from flipconv.registry import get_convention
 
   src_path, dst_path = os.fspath(src_path), os.fspath(dst_path)

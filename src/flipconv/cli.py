@@ -200,8 +200,9 @@ def _add_convert(sub: Any) -> argparse.ArgumentParser:
     help="convert a checkpoint's kernels from one convention to another",
     description="Re-lay-out (and, where the conventions' flips differ, flip) every conv "
     "and dense kernel of a checkpoint so that it computes the same under the "
-    "target convention. Formats: .npz, .safetensors, .msgpack (Flax). SRC is "
-    "only read; DST is written atomically.",
+    "target convention; with --like, fill a Flax model's variables instead. Formats: "
+    ".npz, .safetensors, .msgpack (Flax); .onnx and pickle (--allow-pickle) are read. "
+    "SRC is only read; DST is written atomically.",
   )
   p.add_argument("src", metavar="SRC", help="input checkpoint")
   p.add_argument("dst", metavar="DST", help="output checkpoint (its suffix picks the format)")

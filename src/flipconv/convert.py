@@ -64,6 +64,16 @@ class KernelPlan:
   def flip(self) -> bool:
     return bool(self.flip_axes)
 
+  @property
+  def identity(self) -> bool:
+    """Both conventions store the kernel alike: nothing to do."""
+    return (
+      not self.flip_axes
+      and self.expand is None
+      and self.reshape is None
+      and self.permutation == tuple(range(len(self.permutation)))
+    )
+
   def new_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
     if self.reshape is not None:
       return self.reshape
@@ -143,13 +153,56 @@ def apply_plan(kernel: Any, plan: KernelPlan) -> Any:
     out = jnp.transpose(out, plan.permutation)
     out = out.reshape(plan.reshape) if plan.reshape is not None else out
     return jax.lax.rev(out, plan.flip_axes) if plan.flip_axes else out
-  out = np.asarray(kernel)
-  out = out.reshape(plan.expand) if plan.expand is not None else out
-  out = np.transpose(out, plan.permutation)
-  out = out.reshape(plan.reshape) if plan.reshape is not None else out
-  if plan.flip_axes:
-    out = np.flip(out, plan.flip_axes)
-  return np.ascontiguousarray(out)
+  kernel = np.asarray(kernel)
+  if plan.identity:
+    return np.ascontiguousarray(kernel)  # no copy where it is contiguous already
+  return permute_numpy(kernel, plan)
+
+
+def permute_numpy(array: Any, plan: KernelPlan) -> np.ndarray:
+  """Applies a plan to a NumPy array in one pass over its bytes; the dtype is kept.
+
+  NumPy's strided copy walks the output in order, reading the source across
+  cache lines when the source's fastest axis is not the output's. Copying in
+  column tiles one cache line wide keeps the lines it reads in cache (about
+  1.4x faster on ResNet kernels; see ``benchmarks/bench_params.py``). A plan
+  that reshapes after permuting (depthwise, dense after a flatten) and flips
+  takes a second pass, for the flip.
+  """
+  a = np.asarray(array)
+  if plan.expand is not None:
+    a = a.reshape(plan.expand)
+  src = a.transpose(plan.permutation)
+  if plan.flip_axes and plan.reshape is None:
+    src = np.flip(src, plan.flip_axes)
+  out = np.empty(src.shape, a.dtype)
+  _copy_tiled(out, src)
+  if plan.reshape is not None:
+    out = out.reshape(plan.reshape)  # a view: out is C-contiguous
+    if plan.flip_axes:
+      out = np.ascontiguousarray(np.flip(out, plan.flip_axes))
+  return out
+
+
+_SMALL = 1 << 16  # elements: below this the plain copy is as fast
+_TILE_BYTES = 64  # one cache line
+
+
+def _copy_tiled(out: np.ndarray, src: np.ndarray) -> None:
+  axes = [d for d in range(out.ndim) if out.shape[d] > 1]
+  if out.size < _SMALL or len(axes) < 2:
+    np.copyto(out, src)
+    return
+  last = axes[-1]
+  fastest = min(axes, key=lambda d: abs(src.strides[d]))
+  if fastest == last:
+    np.copyto(out, src)
+    return
+  step = max(1, _TILE_BYTES // out.itemsize)
+  index = [slice(None)] * out.ndim
+  for j in range(0, out.shape[last], step):
+    index[last] = slice(j, j + step)
+    np.copyto(out[tuple(index)], src[tuple(index)])
 
 
 def _check_transposed(transposed: Any, where: str) -> None:

@@ -16,8 +16,6 @@ dots, so ``{"layer1.0.conv1.weight": w}`` has the path
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
-import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -29,7 +27,7 @@ import numpy as np
 from flipconv import _trees
 from flipconv._porting import PlanRow, format_rows, port
 from flipconv._validate import shape_str
-from flipconv.convert import KernelPlan, apply_plan, kernel_plan
+from flipconv.convert import KernelPlan, apply_plan, kernel_plan, permute_numpy
 from flipconv.registry import Convention, get_convention
 
 Kind = Literal["conv", "conv_transpose", "linear"]
@@ -39,15 +37,8 @@ Selector = Callable[[str, Any], Any]
 # "auto": leaf names that hold kernels in Flax/Haiku/Keras (kernel, w), PyTorch/
 # Equinox (weight), Lasagne (W) and TF1 (filter).
 KERNEL_NAMES = frozenset({"kernel", "weight", "w", "filter"})
-# A module (path part or node class) named like a transposed conv.
-_TRANSPOSED = re.compile(r"transpose|deconv|up[-_]?conv", re.IGNORECASE)
-# A rank-2 "weight" under an embedding is a lookup table, not a dense kernel.
-_EMBEDDING = re.compile(r"embed", re.IGNORECASE)
-_SEPARATORS = re.compile(r"[./]")
 # Names that never hold kernels, whatever their rank.
 _NOT_KERNELS = frozenset({"bias", "b", "scale"})
-# nnx.Variable and similar wrappers flatten to a ".value" child: not part of the name.
-_WRAPPER_ATTRS = frozenset({"value", "raw_value"})
 
 
 class UnselectedKernelWarning(UserWarning):
@@ -188,25 +179,12 @@ class Unclassified:
 # Paths
 
 
-def _key_str(key: Any) -> str:
-  tu = jax.tree_util
-  if isinstance(key, tu.DictKey):
-    return str(key.key)
-  if isinstance(key, tu.SequenceKey):
-    return str(key.idx)
-  if isinstance(key, tu.GetAttrKey):
-    return key.name
-  if isinstance(key, tu.FlattenedIndexKey):
-    return str(key.key)
-  return str(key)
-
-
 def _unwrapped(keypath: Sequence[Any]) -> list[Any]:
   keys = list(keypath)
   if (
     len(keys) > 1
     and isinstance(keys[-1], jax.tree_util.GetAttrKey)
-    and keys[-1].name in _WRAPPER_ATTRS
+    and keys[-1].name in _trees.WRAPPER_ATTRS
   ):
     keys = keys[:-1]
   return keys
@@ -214,7 +192,7 @@ def _unwrapped(keypath: Sequence[Any]) -> list[Any]:
 
 def path_parts(keypath: Sequence[Any]) -> list[str]:
   """The path's names: keys split at ``.`` and ``/``, a wrapper's trailing ``value`` dropped."""
-  return [p for k in _unwrapped(keypath) for p in _SEPARATORS.split(_key_str(k)) if p]
+  return [p for k in _unwrapped(keypath) for p in _trees.SEPARATORS.split(_trees.key_str(k)) if p]
 
 
 def _child(node: Any, key: Any) -> Any:
@@ -268,18 +246,13 @@ def _auto(
         f"rank {len(shape)} like a conv kernel, but named {name!r}, not one of "
         f"{', '.join(sorted(KERNEL_NAMES))}"
       )
-    transposed = any(_TRANSPOSED.search(m) for m in modules())
+    transposed = any(_trees.TRANSPOSED.search(m) for m in modules())
     return ("conv_transpose" if transposed else "conv"), None
   if len(shape) == 2 and kernel_named and src.linear_layout != dst.linear_layout:
-    if any(_EMBEDDING.search(m) for m in modules()):
+    if any(_trees.EMBEDDING.search(m) for m in modules()):
       return None, "a rank-2 weight under an embedding (a lookup table, not a dense kernel?)"
     return "linear", None
   return None, None
-
-
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-  # Paths never contain dots (keys are split at them), so "a.*.w" means "a/*/w".
-  return re.compile(fnmatch.translate(pattern.replace(".", "/")))
 
 
 def _check_kind(kind: Any, where: str, what: str) -> str | None:
@@ -303,7 +276,11 @@ class _GlobSelector:
       if not isinstance(pattern, str) or not pattern:
         raise TypeError(f"{where}: select patterns must be non-empty strings, got {pattern!r}.")
       self.rules.append(
-        (pattern, _glob_regex(pattern), _check_kind(kind, where, f"select pattern {pattern!r}"))
+        (
+          pattern,
+          _trees.glob_regex(pattern),
+          _check_kind(kind, where, f"select pattern {pattern!r}"),
+        )
       )
     self.used: set[str] = set()
     self.paths: list[str] = []
@@ -442,44 +419,6 @@ def _warn_unclassified(unclassified: list[Unclassified], where: str) -> None:
 # Applying a plan
 
 
-def permute_numpy(array: Any, plan: KernelPlan) -> np.ndarray:
-  """Applies a plan to a NumPy array in one pass over its bytes; the dtype is kept.
-
-  NumPy's strided copy walks the output in order, reading the source across
-  cache lines when the source's fastest axis is not the output's. Copying in
-  column tiles one cache line wide keeps the lines it reads in cache (about
-  1.4x faster on ResNet kernels; see ``benchmarks/bench_params.py``).
-  """
-  a = np.asarray(array)
-  src = a.transpose(plan.permutation)
-  if plan.flip_axes:
-    src = np.flip(src, plan.flip_axes)
-  out = np.empty(src.shape, a.dtype)
-  _copy_tiled(out, src)
-  return out
-
-
-_SMALL = 1 << 16  # elements: below this the plain copy is as fast
-_TILE_BYTES = 64  # one cache line
-
-
-def _copy_tiled(out: np.ndarray, src: np.ndarray) -> None:
-  axes = [d for d in range(out.ndim) if out.shape[d] > 1]
-  if out.size < _SMALL or len(axes) < 2:
-    np.copyto(out, src)
-    return
-  last = axes[-1]
-  fastest = min(axes, key=lambda d: abs(src.strides[d]))
-  if fastest == last:
-    np.copyto(out, src)
-    return
-  step = max(1, _TILE_BYTES // out.itemsize)
-  index = [slice(None)] * out.ndim
-  for j in range(0, out.shape[last], step):
-    index[last] = slice(j, j + step)
-    np.copyto(out[tuple(index)], src[tuple(index)])
-
-
 def out_sharding(sharding: Any, plan: KernelPlan, ndim: int) -> Any:
   """The sharding of the converted array: a NamedSharding's spec permuted like the axes."""
   if isinstance(sharding, jax.sharding.NamedSharding):
@@ -541,6 +480,32 @@ def _prepared(params: Any, where: str) -> Any:
   """The tree, checked to be finite, with torch (and other foreign) tensors as NumPy."""
   _trees.check_tree(params, "params", where)
   return _keep_dict_order(params, _trees.host_leaves(params, where))
+
+
+def port_params(
+  source: Any,
+  src: str | Convention,
+  dst: str | Convention,
+  *,
+  like: Any,
+  convert: bool,
+  where: str,
+  **kwargs: Any,
+) -> tuple[Plan, Any]:
+  """``plan_params`` and (with ``convert``) ``convert_params`` with ``like``, in one pass.
+
+  ``source`` is checked and its foreign tensors read here; ``kwargs`` are
+  ``select``, ``flatten``, ``strict``, ``epsilon`` and ``order``.
+
+  Returns:
+    ``(plan, variables)``; ``variables`` is ``None`` without ``convert``.
+  """
+  source = _prepared(source, where)
+  _trees.check_tree(like, "like", where)
+  rows, out = port(
+    source, get_convention(src), get_convention(dst), like, convert=convert, where=where, **kwargs
+  )
+  return Plan(rows), (_keep_dict_order(like, out) if convert else None)
 
 
 def convert_params(
@@ -676,24 +641,13 @@ def convert_params(
     ['mean', 'var']
   """
   where = "convert_params"
-  params = _prepared(params, where)
   if like is not None:
-    _trees.check_tree(like, "like", where)
-    _, out = port(
-      params,
-      get_convention(src),
-      get_convention(dst),
-      like,
-      select=select,
-      flatten=flatten,
-      strict=strict,
-      epsilon=epsilon,
-      order=order,
-      convert=True,
-      where=where,
-    )
-    return _keep_dict_order(like, out)
+    return port_params(
+      params, src, dst, like=like, select=select, flatten=flatten, strict=strict,
+      epsilon=epsilon, order=order, convert=True, where=where,
+    )[1]  # fmt: skip
   _no_port_args(flatten, strict, epsilon, order, where)
+  params = _prepared(params, where)
   flat, treedef, selected, unclassified = select_leaves(params, src, dst, select, where=where)
   _warn_unclassified(unclassified, where)
   leaves = [leaf for _, leaf in flat]
@@ -732,32 +686,10 @@ def plan_params(
   Args:
     params: as in :func:`convert_params`; leaves may be anything with
       ``shape`` and ``dtype`` (``jax.ShapeDtypeStruct`` too).
-    src, dst, select: as in :func:`convert_params`.
-    like: the target Flax model's variables: ``model.init(...)`` (call order
-      kept; not ``jax.jit(model.init)``, whose dicts come back sorted),
-      ``jax.eval_shape`` of it (``ShapeDtypeStruct`` leaves), or
-      ``nnx.state(model)`` (sorted keys: an ``OrderWarning`` names layers whose
-      order is then a guess). With ``like``, the source's layers are matched onto
-      its layers (by name where the names agree, a linen list item
-      ``layer1_0`` being PyTorch's ``layer1.0``; else by order among layers
-      of the same kind), parameters are renamed by layer kind (PyTorch
-      ``running_var`` -> ``batch_stats`` ``var``, Keras ``gamma`` -> ``scale``,
-      Lasagne ``inv_std`` -> ``var``, ...), every shape is checked, and the
-      result has exactly ``like``'s structure. Conv kernels are converted to
-      ``dst``'s layout (a depthwise one where like's shape says so); dense
-      kernels to Flax's ``(in, out)`` (``dst``'s ``linear_layout`` only where like's
-      shape asks for it).
-    flatten: with ``like``, ``{glob on a dense layer's path: (src_order,
-      dst_order, sizes)}`` for a dense layer after a flatten, e.g.
-      ``{"Dense_0": ("CHW", "HWC", {"C": 64, "H": 4, "W": 4})}``; a glob
-      that matches no dense layer is an error.
-    strict: with ``like``: a target leaf with no source, or a source tensor
-      that no target takes, is a ``ValueError`` naming each; ``False`` keeps
-      ``like``'s value for the former and warns (``UnmatchedWarning``).
-    epsilon: with ``like``: the epsilon of a Lasagne BatchNorm, whose
-      ``var = 1/inv_std**2 - epsilon`` (default: Lasagne's 1e-4).
-    order: with ``like``: the target's layer paths (``"/"``-joined, no
-      collection) in call order, where ``like`` lost it (sorted keys).
+    src, dst, select, like, flatten, strict, epsilon, order: as in
+      :func:`convert_params`; with ``like`` nothing is converted, but every
+      match, name and shape is checked as :func:`convert_params` checks them
+      (the same errors and warnings).
 
   Returns:
     Without ``like``, one :class:`Change` per selected leaf, in the tree's
@@ -783,24 +715,13 @@ def plan_params(
     2 target leaves in 1 layers: 2 matched by name, 0 by order, 0 unmatched.
   """  # noqa: E501
   where = "plan_params"
-  params = _prepared(params, where)
   if like is not None:
-    _trees.check_tree(like, "like", where)
-    rows, _ = port(
-      params,
-      get_convention(src),
-      get_convention(dst),
-      like,
-      select=select,
-      flatten=flatten,
-      strict=strict,
-      epsilon=epsilon,
-      order=order,
-      convert=False,
-      where=where,
-    )
-    return Plan(rows)
+    return port_params(
+      params, src, dst, like=like, select=select, flatten=flatten, strict=strict,
+      epsilon=epsilon, order=order, convert=False, where=where,
+    )[0]  # fmt: skip
   _no_port_args(flatten, strict, epsilon, order, where)
+  params = _prepared(params, where)
   _, _, selected, unclassified = select_leaves(params, src, dst, select, where=where)
   _warn_unclassified(unclassified, where)
   return Plan(sel.change for sel in selected)
