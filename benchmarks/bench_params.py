@@ -5,7 +5,9 @@ The tree has ResNet-50's layer shapes and PyTorch's names (``conv1.weight``,
 ResNet-101's block counts (3, 4, 23, 3) so that it holds about 45M float32
 parameters (178 MB). Prints, in one run:
 
-* convert_params(pytorch -> flax) on NumPy arrays: throughput over the bytes
+* convert_params(pytorch -> flax) on NumPy arrays, and the same onto the Flax
+  model's variables (``like=``: matching, renaming, shape checks included):
+  throughput over the bytes
   of the converted kernels, and its ratio to ``np.copy`` of the same arrays
   (target >= 0.5); also NumPy's plain ``ascontiguousarray(transpose)``, which
   the tiled copy in ``flipconv.params`` replaces. Medians of interleaved runs.
@@ -28,6 +30,7 @@ import tempfile
 import time
 import tracemalloc
 
+import jax
 import numpy as np
 
 import flipconv as fc
@@ -112,9 +115,17 @@ def main() -> None:
   )
 
   perms = {id(k): c.permutation for k, c in zip(kernels, plan, strict=True)}
+  # The Flax model's variables, shapes only: what `like=` is given (matched by name).
+  like = jax.tree_util.tree_map(
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+    fc.nest_params(fc.convert_params(sd, "pytorch", "flax"), collections=True),
+  )
   cases = {
     "np.copy (baseline)": lambda: [np.copy(k) for k in kernels],
     "fc.convert_params": lambda: fc.convert_params(sd, "pytorch", "flax"),
+    "fc.convert_params(like=variables)": lambda: fc.convert_params(
+      sd, "pytorch", "flax", like=like
+    ),
     "np.ascontiguousarray(transpose)": lambda: [
       np.ascontiguousarray(k.transpose(perms[id(k)])) for k in kernels
     ],
