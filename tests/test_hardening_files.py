@@ -360,7 +360,7 @@ def test_corrupted_files_read_as_the_reference_reads_them_or_are_refused(
     with np.load(path) as z:
       want = {k: z[k] for k in z.files}
   elif suffix == ".msgpack":
-    want = {"/".join(map(str, k)): v for k, v in ck._walk(serialization.msgpack_restore(blob))}
+    want = {"/".join(map(str, k)): v for k, v in ck.walk_tree(serialization.msgpack_restore(blob))}
   else:
     want = st_load(bytes(blob))
   assert set(got) == set(want)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from flipconv import _porting, _trees
+from flipconv import _port_layers, _trees
 
 _WHERE = "nest_params"
 
@@ -154,19 +154,19 @@ def _by_kind(flat: Mapping[str, Any], sep: str) -> dict[str, tuple[str, str]]:
   modules: dict[tuple[str, ...], dict[str, Any]] = {}
   for key, value in flat.items():
     *heads, last = _parts(key, sep)
-    modules.setdefault(tuple(heads), {})[last] = _porting.SourceLeaf(key, last, value)
+    modules.setdefault(tuple(heads), {})[last] = _port_layers.SourceLeaf(key, last, value)
   out = {}
   for heads, leaves in modules.items():
-    kind = _porting.source_kind(sep.join(heads), leaves)
+    kind = _port_layers.source_kind(sep.join(heads), leaves)
     for last, leaf in leaves.items():
-      if last in _porting.DROPPED:
+      if last in _port_layers.DROPPED:
         continue
       if last == "inv_std":
         raise ValueError(
           f"{_WHERE}: {leaf.name!r} is a Lasagne BatchNorm's inv_std; its variance "
           "needs the layer's epsilon: use convert_params(..., like=variables, epsilon=...)."
         )
-      out[leaf.name] = _porting.flax_name(kind, last)
+      out[leaf.name] = _port_layers.flax_name(kind, last)
   return out
 
 
