@@ -257,6 +257,20 @@ def test_conv_general_dilated_in_a_flipped_or_relaid_out_convention(convention):
   )
 
 
+def test_conv_general_dilated_gets_fc_convs_argument_checks():
+  """A replacement primitive runs behind the same size checks as fc.conv: padding beyond
+  what XLA computes right is a ValueError naming it, and the replacement is never called."""
+  calls = []
+  record = lambda *a, **k: calls.append(a) or lax.conv_general_dilated(*a, **k)
+  x = normal((1, 5, 4))
+  layer = fc.linen.Conv(3, (3,), padding=2**25, conv_general_dilated=record)
+  with pytest.raises(ValueError, match=r"pads 33,554,432 on one side"):
+    layer.init(jax.random.key(0), x)
+  assert calls == []
+  with pytest.raises(ValueError, match=r"pads 33,554,432 on one side"):
+    fc.conv(x, np.ones((3, 4, 3), np.float32), flip=False, padding=2**25)
+
+
 def test_conv_general_dilated_is_called_as_flax_linen_calls_it():
   calls = {}
 

@@ -32,7 +32,6 @@ from flipconv import _padding, _spec
 from flipconv._layouts import check_letters, generalize, spatial_letters
 from flipconv._validate import as_bool, as_int_tuple, choice, is_int, shape_str
 from flipconv.convert import KernelPlan, apply_plan, kernel_plan
-from flipconv.ops import conv
 from flipconv.registry import Convention, get_convention
 from flipconv.transpose import conv_transpose
 
@@ -503,22 +502,20 @@ def apply(
           f"method={method!r} does not call; use method='direct' with it."
         )
       conv_general_dilated = lax.conv_general_dilated  # only lax's takes e.g. out_sharding
-    if conv_general_dilated is None:
-      y = conv(
-        x, kernel, padding=padding, pad_mode=pad_mode, input_dilation=input_dilation, **common
-      )
-    else:
-      y = _conv_with(
-        conv_general_dilated,
-        conv_kwargs,
-        x,
-        kernel,
-        padding,
-        pad_mode,
-        input_dilation,
-        common,
-        where,
-      )
+    # With a conv_general_dilated, the operands reach it as promote_dtype left them (Flax).
+    y = _spec.conv(
+      x,
+      kernel,
+      where=where,
+      padding=padding,
+      pad_mode=pad_mode,
+      input_dilation=input_dilation,
+      out_layout=None,
+      promote_operands=conv_general_dilated is None,
+      conv_general_dilated=conv_general_dilated,
+      conv_kwargs=conv_kwargs,
+      **common,
+    )
   if bias is not None:
     c = layout.index("C")
     y = y + bias.reshape(tuple(-1 if a == c else 1 for a in range(y.ndim)))
@@ -531,49 +528,6 @@ def _pad_zeros(layer: Layer, layout: str, y: jax.Array, pads: Any) -> jax.Array:
   """``y`` (laid out as ``layout``) zero-padded by ``pads`` (kernel-letter order)."""
   widths = dict(zip(spatial_letters(layer.kernel_layout, "kernel"), pads, strict=True))
   return jnp.pad(y, [widths.get(c, (0, 0)) for c in layout])
-
-
-def _conv_with(
-  fn: Any,
-  conv_kwargs: Any,
-  x: jax.Array,
-  kernel: Any,
-  padding: Any,
-  pad_mode: Any,
-  input_dilation: Any,
-  common: dict[str, Any],
-  where: str,
-) -> jax.Array:
-  """:func:`flipconv.conv` with ``fn`` called where it calls ``lax.conv_general_dilated``.
-
-  The operands go to ``fn`` as the module's ``promote_dtype`` left them, as in Flax.
-  """
-  call = _spec.resolve_conv(
-    x.shape,
-    kernel.shape,
-    flip=common["flip"],
-    convention=common["convention"],
-    strides=common["strides"],
-    padding=padding,
-    dilation=common["dilation"],
-    input_dilation=input_dilation,
-    groups=common["groups"],
-    layout=common["layout"],
-    kernel_layout=common["kernel_layout"],
-    out_layout=None,
-    pad_mode=pad_mode,
-    where=where,
-  )
-  return _spec.run(
-    x,
-    jnp.asarray(kernel),
-    call,
-    method="direct",
-    precision=common["precision"],
-    preferred_element_type=common["preferred_element_type"],
-    conv_general_dilated=fn,
-    conv_kwargs=conv_kwargs,
-  )
 
 
 def in_features_of(layer: Layer, x: Any) -> int:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from flipconv import _padding
+from flipconv import _limits, _padding
 from flipconv._layouts import Layouts, parse_layouts
 from flipconv._padding import Pads
 from flipconv._trees import host_array
@@ -231,6 +231,46 @@ def resolve_conv(
       "pad_mode='zeros' or pad before dilating."
     )
   return ConvCall(layouts, flip, strides, pads, dilation, input_dilation, groups, pad_mode)
+
+
+def conv(
+  x: Any,
+  kernel: Any,
+  *,
+  where: str,
+  method: str,
+  precision: Any,
+  preferred_element_type: Any,
+  promote_operands: bool = True,
+  conv_general_dilated: Any = None,
+  conv_kwargs: Any = None,
+  **options: Any,
+) -> jnp.ndarray:
+  """:func:`flipconv.conv` for ``where``: checks, resolves, bounds (:mod:`_limits`), runs.
+
+  ``options`` are :func:`resolve_conv`'s. The modules pass
+  ``promote_operands=False`` (their ``promote_dtype`` has run) and, for Flax's
+  ``conv_general_dilated``, the function :func:`run` calls instead of lax's.
+  """
+  x = as_array(x, "x", where)
+  kernel = as_array(kernel, "kernel", where)
+  method = check_method(method, where)
+  call = resolve_conv(x.shape, kernel.shape, **options, where=where)
+  if promote_operands:
+    x, kernel = promote(x, kernel)
+  _limits.check_conv(
+    where, x.shape, kernel.shape, call, x.dtype, preferred_element_type, padding=options["padding"]
+  )
+  return run(
+    x,
+    kernel,
+    call,
+    method=method,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+    conv_general_dilated=conv_general_dilated,
+    conv_kwargs=conv_kwargs,
+  )
 
 
 def check_method(method: Any, where: str) -> str:

@@ -8,7 +8,7 @@ import jax
 from jax import lax
 from jax.typing import ArrayLike
 
-from flipconv import _limits, _spec
+from flipconv import _spec
 from flipconv._layouts import check_letters, spatial_letters
 
 
@@ -90,13 +90,10 @@ def conv(
     >>> fc.conv(x, k, flip=True)[0, :, 0]
     Array([2., 2.], dtype=float32)
   """
-  where = "conv"
-  x = _spec.as_array(x, "x", where)
-  kernel = _spec.as_array(kernel, "kernel", where)
-  method = _spec.check_method(method, where)
-  call = _spec.resolve_conv(
-    x.shape,
-    kernel.shape,
+  return _spec.conv(
+    x,
+    kernel,
+    where="conv",
     flip=flip,
     convention=convention,
     strides=strides,
@@ -108,16 +105,6 @@ def conv(
     kernel_layout=kernel_layout,
     out_layout=out_layout,
     pad_mode=pad_mode,
-    where=where,
-  )
-  x, kernel = _spec.promote(x, kernel)
-  _limits.check_conv(
-    where, x.shape, kernel.shape, call, x.dtype, preferred_element_type, padding=padding
-  )
-  return _spec.run(
-    x,
-    kernel,
-    call,
     method=method,
     precision=precision,
     preferred_element_type=preferred_element_type,
