@@ -181,17 +181,7 @@ class LeafPlan:
 
 
 def _kernel_words(plan: KernelPlan, what: str) -> str:
-  perm = plan.permutation != tuple(range(len(plan.permutation)))
-  if not perm and not plan.flip and plan.expand is None and plan.reshape is None:
-    return f"{what}: unchanged ({plan.src_layout})"
-  words = []
-  if plan.expand is not None or plan.reshape is not None:
-    words.append("reshape")
-  if perm:
-    words.append(f"transpose {plan.permutation}")
-  if plan.flip:
-    words.append("flip " + " ".join(plan.dst_layout[a] for a in plan.flip_axes))
-  return f"{what} {plan.src_layout} -> {plan.dst_layout}: " + ", ".join(words)
+  return f"{what} {plan.describe()}"
 
 
 def plan_leaf(
@@ -599,7 +589,7 @@ def port(
         lp = plan_leaf(
           t,
           tleaf,
-          SourceLeaf(sleaf.name, sleaf.key, value),
+          sleaf,
           src,
           dst,
           kind_hint=None if hint == "auto" else hint,

@@ -74,11 +74,38 @@ class KernelPlan:
       and self.permutation == tuple(range(len(self.permutation)))
     )
 
+  def describe(self) -> str:
+    """What is done, in words: ``"OIHW -> HWIO: transpose (2, 3, 1, 0), flip H W"``."""
+    reshaped = self.expand is not None or self.reshape is not None
+    return describe_change(
+      self.src_layout, self.dst_layout, self.permutation, self.flip_axes, reshaped=reshaped
+    )
+
   def new_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
     if self.reshape is not None:
       return self.reshape
     shape = self.expand if self.expand is not None else shape
     return tuple(shape[a] for a in self.permutation)
+
+
+def describe_change(
+  src_layout: str,
+  dst_layout: str,
+  permutation: tuple[int, ...],
+  flip_axes: tuple[int, ...],
+  *,
+  reshaped: bool = False,
+) -> str:
+  """A kernel conversion in words (:class:`KernelPlan`, :class:`flipconv.Change`)."""
+  moved = permutation != tuple(range(len(permutation)))
+  if not (moved or flip_axes or reshaped):
+    return f"{src_layout}: unchanged"
+  what = ["reshape"] if reshaped else []
+  if moved:
+    what.append(f"transpose {permutation}")
+  if flip_axes:
+    what.append("flip " + " ".join(dst_layout[a] for a in flip_axes))
+  return f"{src_layout} -> {dst_layout}: " + ", ".join(what)
 
 
 def _kernel_layouts(src: Convention, dst: Convention, n: int, transposed: bool) -> tuple[str, str]:

@@ -27,7 +27,7 @@ import numpy as np
 from flipconv import _trees
 from flipconv._porting import PlanRow, format_rows, port
 from flipconv._validate import shape_str
-from flipconv.convert import KernelPlan, apply_plan, kernel_plan, permute_numpy
+from flipconv.convert import KernelPlan, apply_plan, describe_change, kernel_plan, permute_numpy
 from flipconv.registry import Convention, get_convention
 
 Kind = Literal["conv", "conv_transpose", "linear"]
@@ -98,14 +98,7 @@ class Change:
 
   def describe(self) -> str:
     """What is done, in words: ``"OIHW -> HWIO: transpose (2, 3, 1, 0), flip H W"``."""
-    if not self.changed:
-      return f"{self.src_layout}: unchanged"
-    what = []
-    if self.permutation != tuple(range(len(self.permutation))):
-      what.append(f"transpose {self.permutation}")
-    if self.flip:
-      what.append("flip " + " ".join(self.dst_layout[a] for a in self.flip_axes))
-    return f"{self.src_layout} -> {self.dst_layout}: " + ", ".join(what)
+    return describe_change(self.src_layout, self.dst_layout, self.permutation, self.flip_axes)
 
   def __str__(self) -> str:
     return (
