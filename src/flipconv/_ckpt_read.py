@@ -532,8 +532,9 @@ class PickleReader(Reader):
     try:
       obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError, EOFError, ...
-      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise self._error(f"torch.load(weights_only=True) refused or failed: {first}") from None
+      raise self._error(
+        f"torch.load(weights_only=True) refused or failed: {first_line(e)}"
+      ) from None
     self._arrays = {}
     where: dict[str, tuple[Any, ...]] = {}
     for keys, leaf in _walk_any(obj):
