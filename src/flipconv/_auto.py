@@ -142,14 +142,14 @@ def choose_method(
   if math.prod(taps) == 1:
     return "direct"  # a 1x1 kernel: XLA makes it a matrix product
   platform = platform or jax.default_backend()
-  if isinstance(conv_kwargs.get("padding"), str):  # lax's rule, as conv_general_dilated applies it
-    k_dil = conv_kwargs.get("rhs_dilation") or (1,) * len(taps)
-    conv_kwargs["padding"] = lax.padtype_to_pads(
-      [lhs_shape[a] for a in dn.lhs_spec[2:]],
-      [(k - 1) * d + 1 for k, d in zip(taps, k_dil, strict=True)],
-      conv_kwargs["window_strides"],
-      conv_kwargs["padding"],
-    )
+  conv_kwargs["padding"] = _fft.lax_pads(
+    conv_kwargs.get("padding"),
+    lhs_shape,
+    rhs_shape,
+    conv_kwargs.get("dimension_numbers"),
+    conv_kwargs["window_strides"],
+    conv_kwargs.get("rhs_dilation"),
+  )
   fft_ns = _fft.plan(lhs_shape, rhs_shape, **conv_kwargs).cost_ns()
   direct_ns = direct_cost_ns((lhs_shape, rhs_shape), **conv_kwargs)
   margin = AUTO_MARGIN if platform == "cpu" else 30.0

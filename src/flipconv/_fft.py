@@ -315,8 +315,7 @@ def plan(
   in_dil = _tuple(lhs_dilation, n, "lhs_dilation")
   k_dil = _tuple(rhs_dilation, n, "rhs_dilation")
   taps = tuple((k - 1) * d + 1 for k, d in zip(k_shape[2:], k_dil, strict=True))
-  if isinstance(padding, str):  # lax's rule: from the undilated input's size
-    padding = lax.padtype_to_pads(x_shape[2:], taps, strides, padding)
+  padding = lax_pads(padding, lhs_shape, rhs_shape, dimension_numbers, strides, k_dil)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
   if len(pads) != n:
     raise ValueError(
@@ -574,7 +573,9 @@ def conv_general_dilated_fft(
   # branch's result once, into another layout: the measured cost on finite inputs.)
   pads = tuple(
     tuple(int(v) for v in pair)
-    for pair in _explicit(padding, lhs.shape, rhs.shape, dn, conv_kwargs)
+    for pair in lax_pads(
+      padding, lhs.shape, rhs.shape, dimension_numbers, window_strides, rhs_dilation
+    )
   )
   slow = functools.partial(
     _direct_padded,
@@ -593,16 +594,24 @@ def conv_general_dilated_fft(
   )
 
 
-def _explicit(padding: Any, lhs_shape: Any, rhs_shape: Any, dn: Any, kw: dict[str, Any]) -> Any:
-  """``(low, high)`` pairs for a padding string, by lax's rule."""
+def lax_pads(
+  padding: Any,
+  lhs_shape: Sequence[int],
+  rhs_shape: Sequence[int],
+  dimension_numbers: Any,
+  window_strides: Any,
+  rhs_dilation: Any = None,
+) -> Any:
+  """``padding`` as ``(low, high)`` pairs: a name (``"SAME"``, ...) by lax's rule, from the
+  undilated input's size, as ``lax.conv_general_dilated`` applies it; pairs as they are."""
   if not isinstance(padding, str):
     return padding
+  dn = lax.conv_dimension_numbers(tuple(lhs_shape), tuple(rhs_shape), dimension_numbers)
   n = len(lhs_shape) - 2
-  k_dil = kw.get("rhs_dilation") or (1,) * n
+  k_dil = _tuple(rhs_dilation, n, "rhs_dilation")
   taps = [(rhs_shape[a] - 1) * d + 1 for a, d in zip(dn.rhs_spec[2:], k_dil, strict=True)]
-  return lax.padtype_to_pads(
-    [lhs_shape[a] for a in dn.lhs_spec[2:]], taps, kw["window_strides"], padding
-  )
+  strides = _tuple(window_strides, n, "window_strides")
+  return lax.padtype_to_pads([lhs_shape[a] for a in dn.lhs_spec[2:]], taps, strides, padding)
 
 
 def _direct_padded(lhs: jax.Array, rhs: jax.Array, *, pads: Any, **kw: Any) -> jax.Array:
