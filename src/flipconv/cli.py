@@ -367,7 +367,7 @@ _DETECT_ARRAYS = ("x", "kernel", "y", "bias")
 
 def format_matches(matches: Sequence[Any]) -> list[str]:
   """The matches as a small table (one row each, notes below), as ``flipconv detect`` prints."""
-  from flipconv.detect import _kwargs_str
+  from flipconv.detect import kwargs_str
 
   rows = [("#", "convention", "flip", "layout", "kernel", "error", "arguments")]
   for i, m in enumerate(matches, 1):
@@ -380,7 +380,7 @@ def format_matches(matches: Sequence[Any]) -> list[str]:
         m.layout,
         m.kernel_layout,
         f"{m.error:.1e}",
-        _kwargs_str(args),
+        kwargs_str(args),
       )
     )
   widths = [max(len(r[c]) for r in rows) for c in range(6)]
@@ -406,7 +406,7 @@ def _detect(args: argparse.Namespace) -> int:
     args.file,
     arrays=_DETECT_ARRAYS,
     required=("x", "kernel", "y"),
-    args=("transposed", *detect._FIXABLE),
+    args=("transposed", *detect.FIXABLE),
   )
   transposed = fixed.pop("transposed", False)
   candidates = (
@@ -424,10 +424,10 @@ def _detect(args: argparse.Namespace) -> int:
       **fixed,
     )
   except (ValueError, TypeError) as e:
-    raise ValueError(" ".join(str(e).split()).removeprefix(f"{detect._WHERE}: ")) from None
+    raise ValueError(" ".join(str(e).split()).removeprefix(f"{detect.WHERE}: ")) from None
   shapes = ", ".join(f"{k} {_shape(v.shape)}" for k, v in arrays.items())
   kind = "transposed conv" if transposed else "conv"
-  fixed_str = f", fixed {detect._kwargs_str(fixed)}" if fixed else ""
+  fixed_str = f", fixed {detect.kwargs_str(fixed)}" if fixed else ""
   print(f"{args.file}: {kind}, {shapes}{fixed_str}")
   if result.matches:
     for line in format_matches(result.matches):

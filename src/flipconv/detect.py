@@ -59,7 +59,8 @@ from flipconv._layouts import Layouts, default_spatial, generalize, parse_layout
 from flipconv._validate import as_bool, did_you_mean, shape_str
 from flipconv.registry import Convention, conventions, get_convention
 
-_WHERE = "detect_convention"
+WHERE = "detect_convention"
+"""The prefix of this module's error messages (``flipconv detect`` strips it)."""
 
 MAX_DILATION = 8
 """Largest kernel dilation searched when ``dilation`` is not given."""
@@ -80,7 +81,8 @@ KERNEL_LAYOUTS = ("OI{s}", "{s}IO", "{s}OI", "IO{s}", "O{s}I", "I{s}O")
 
 # Padding names in the order they are preferred when several spell one computation.
 _PADDING_NAMES = ("VALID", "SAME", "HALF", "FULL", "SAME_LOWER", "CAUSAL")
-_FIXABLE = (
+
+FIXABLE = (  # the conv arguments a caller (or a detect .npz) may fix
   "flip",
   "layout",
   "kernel_layout",
@@ -247,19 +249,19 @@ def detect_convention(
 
 def _array(value: Any, name: str) -> np.ndarray:
   if value is None:
-    raise TypeError(f"{_WHERE}: {name} must be an array, got None.")
+    raise TypeError(f"{WHERE}: {name} must be an array, got None.")
   if isinstance(value, (str, bytes)):
-    raise TypeError(f"{_WHERE}: {name} must be an array, got {type(value).__name__} {value!r}.")
+    raise TypeError(f"{WHERE}: {name} must be an array, got {type(value).__name__} {value!r}.")
   try:
     arr = np.asarray(value)
   except Exception as e:  # e.g. a torch tensor that requires grad
     raise TypeError(
-      f"{_WHERE}: {name} ({type(value).__name__}) cannot be read as an array: {e}. Pass a "
+      f"{WHERE}: {name} ({type(value).__name__}) cannot be read as an array: {e}. Pass a "
       "NumPy or JAX array (a PyTorch tensor: t.detach().cpu().numpy())."
     ) from None
   if arr.dtype == np.bool_ or not jnp.issubdtype(arr.dtype, jnp.number):
     raise TypeError(
-      f"{_WHERE}: {name} has dtype {arr.dtype}; detection needs numeric arrays "
+      f"{WHERE}: {name} has dtype {arr.dtype}; detection needs numeric arrays "
       "(float, int or complex)."
     )
   return arr
@@ -280,20 +282,20 @@ def _default_rtol(arrays: Sequence[np.ndarray], dtype: Any, kernel_size: int) ->
 
 def _fixed_args(kwargs: dict[str, Any], transposed: bool) -> dict[str, Any]:
   for key in kwargs:
-    if key not in _FIXABLE:
+    if key not in FIXABLE:
       raise TypeError(
-        f"{_WHERE}: unexpected keyword argument {key!r}"
-        f"{did_you_mean(key, _FIXABLE)}; the conv arguments it can fix are "
-        f"{', '.join(_FIXABLE)}."
+        f"{WHERE}: unexpected keyword argument {key!r}"
+        f"{did_you_mean(key, FIXABLE)}; the conv arguments it can fix are "
+        f"{', '.join(FIXABLE)}."
       )
     if transposed and key in _FORWARD_ONLY:
       raise TypeError(
-        f"{_WHERE}: {key} is an argument of conv, not of conv_transpose; do not "
+        f"{WHERE}: {key} is an argument of conv, not of conv_transpose; do not "
         "pass it with transposed=True."
       )
   fixed = dict(kwargs)
   if fixed.get("flip") is not None:
-    fixed["flip"] = as_bool(fixed["flip"], "flip", _WHERE)
+    fixed["flip"] = as_bool(fixed["flip"], "flip", WHERE)
   return fixed
 
 
@@ -343,7 +345,7 @@ def _check_combo(
   src_name, dst_name = ("y", "x") if transposed else ("x", "y")
   try:
     fwd = Layouts(src_layout, lay.rhs, dst_layout)
-    _spec.check_ranks(src.shape, k.shape, fwd, _WHERE, x_name=src_name)
+    _spec.check_ranks(src.shape, k.shape, fwd, WHERE, x_name=src_name)
     if dst.ndim != len(dst_layout):
       return (
         f"{dst_name} has rank {dst.ndim} (shape {shape_str(dst.shape)}) but its layout "
@@ -355,10 +357,10 @@ def _check_combo(
     if groups is None:
       groups = c_src // k_in if k_in and c_src % k_in == 0 else 1
     _spec.check_groups(
-      groups, c_src, k_in, k_out, _spec.context(src.shape, k.shape, fwd, src_name), _WHERE, src_name
+      groups, c_src, k_in, k_out, _spec.context(src.shape, k.shape, fwd, src_name), WHERE, src_name
     )
   except (ValueError, TypeError) as e:
-    return str(e).removeprefix(f"{_WHERE}: ")
+    return str(e).removeprefix(f"{WHERE}: ")
   c_dst = dst.shape[dst_layout.index("C")]
   if c_dst != k_out:
     return (
@@ -412,10 +414,10 @@ def _registry_combos(
     if key not in combos:
       try:
         lay = parse_layouts(
-          layout, kernel_layout, fixed.get("out_layout"), default_n=n, where=_WHERE
+          layout, kernel_layout, fixed.get("out_layout"), default_n=n, where=WHERE
         )
       except (ValueError, TypeError) as e:
-        pruned.append((c.name, str(e).removeprefix(f"{_WHERE}: ")))
+        pruned.append((c.name, str(e).removeprefix(f"{WHERE}: ")))
         continue
       combos[key] = _Combo(Layouts(lay.lhs, lay.rhs, lay.out), {False: [], True: []})
     combos[key].names[flip].append(c.name)
@@ -448,7 +450,7 @@ def _bare_combos(
       continue
     out = fixed.get("out_layout") or layout
     try:
-      lay = parse_layouts(layout, kernel_layout, out, default_n=n, where=_WHERE)
+      lay = parse_layouts(layout, kernel_layout, out, default_n=n, where=WHERE)
     except (ValueError, TypeError) as e:
       raise ValueError(str(e)) from None  # a fixed layout that is not a layout
     combos.append(_Combo(Layouts(lay.lhs, lay.rhs, lay.out), {False: [], True: []}))
@@ -600,7 +602,7 @@ def _arg_sets(
   if fixed.get("dilation") is not None:
     if tier >= 2:
       return [], False, False
-    dilations = [tuple(_spec.as_int_tuple(fixed["dilation"], n, "dilation", _WHERE))]
+    dilations = [tuple(_spec.as_int_tuple(fixed["dilation"], n, "dilation", WHERE))]
   elif tier >= 2:
     # Dilations whose dilated kernel still fits in the input (SAME fits any).
     fits = all(k == 1 or (k - 1) * tier + 1 <= size for size, _, k in combo.dims)
@@ -609,10 +611,10 @@ def _arg_sets(
     dilations = [(1,) * n]
   idil = (1,) * n
   if not transposed and fixed.get("input_dilation") is not None:
-    idil = _spec.as_int_tuple(fixed["input_dilation"], n, "input_dilation", _WHERE)
+    idil = _spec.as_int_tuple(fixed["input_dilation"], n, "input_dilation", WHERE)
   fixed_pads = None
   if fixed.get("padding") is not None and not isinstance(fixed["padding"], str):
-    fixed_pads = _padding.normalize_padding(fixed["padding"], n, _WHERE)
+    fixed_pads = _padding.normalize_padding(fixed["padding"], n, WHERE)
 
   found: list[_ArgSet] = []
   by_key: dict[tuple[Any, ...], _ArgSet] = {}
@@ -623,7 +625,7 @@ def _arg_sets(
     sizes = _padding.effective_sizes([s for s, _, _ in combo.dims], idil)
     dims = [(size, out, k) for size, (_, out, _), k in zip(sizes, combo.dims, k_eff, strict=True)]
     if fixed.get("strides") is not None:
-      stride_sets = [_spec.as_int_tuple(fixed["strides"], n, "strides", _WHERE)]
+      stride_sets = [_spec.as_int_tuple(fixed["strides"], n, "strides", WHERE)]
     elif fixed_pads:  # the padded sizes are known: exactly the strides that fit
       stride_sets = _product(
         *(
@@ -698,7 +700,7 @@ def _resolve(
         layout=lay.out,
         kernel_layout=lay.rhs,
         out_layout=lay.lhs,
-        where=_WHERE,
+        where=WHERE,
         **kwargs,
       )
     else:
@@ -713,7 +715,7 @@ def _resolve(
         layout=lay.lhs,
         kernel_layout=lay.rhs,
         out_layout=lay.out,
-        where=_WHERE,
+        where=WHERE,
         **kwargs,
       )
   except (ValueError, TypeError):
@@ -749,16 +751,16 @@ def _transposed_size_kwargs(
   n = len(combo.dims)
   m = [out for _, out, _ in combo.dims]
   target = tuple(size for size, _, _ in combo.dims)
-  spec = _padding.normalize_padding(padding, n, _WHERE)
+  spec = _padding.normalize_padding(padding, n, WHERE)
   args = (spec, m, k_eff, call.strides, call.dilation)
   try:
-    if transpose.output_sizes(*args, None, None, "pytorch", _WHERE) == target:
+    if transpose.output_sizes(*args, None, None, "pytorch", WHERE) == target:
       return {}
-    smallest = transpose.output_sizes(*args, 0, None, "pytorch", _WHERE)
+    smallest = transpose.output_sizes(*args, 0, None, "pytorch", WHERE)
     extra = [t - s for t, s in zip(target, smallest, strict=True)]
     if all(0 <= p < max(s, d) for p, s, d in zip(extra, call.strides, call.dilation, strict=True)):
       return {"output_padding": _uniform(extra)}
-    transpose.output_sizes(*args, None, target, "pytorch", _WHERE)
+    transpose.output_sizes(*args, None, target, "pytorch", WHERE)
   except ValueError:
     return None
   return {"output_shape": _uniform(target)}
@@ -889,7 +891,7 @@ def _evaluate(
   x_c = combo.x_c.astype(dtype)
   idil = (1,) * n
   if not transposed and fixed.get("input_dilation") is not None:
-    idil = _spec.as_int_tuple(fixed["input_dilation"], n, "input_dilation", _WHERE)
+    idil = _spec.as_int_tuple(fixed["input_dilation"], n, "input_dilation", WHERE)
   errors = np.zeros((len(args), len(flips)))
   # One compiled call per group. A stride where the output has one element, or
   # a dilation where the kernel has one tap, changes nothing, so 1 is used
@@ -913,7 +915,7 @@ def _evaluate(
   chunk = max(1, _MAX_ELEMENTS // (len(flips) * max(1, combo.y_c.size)))
   # ... and stacked windows no larger than that either.
   chunk = max(1, min(chunk, _MAX_ELEMENTS // max(_window_elements(combo, a) for a in args)))
-  pad_mode = _padding.normalize_pad_mode(fixed.get("pad_mode") or "zeros", _WHERE)
+  pad_mode = _padding.normalize_pad_mode(fixed.get("pad_mode") or "zeros", WHERE)
   for (strides, dilation), members in groups.items():
     for start in range(0, len(members), chunk):
       idx = members[start : start + chunk]
@@ -970,11 +972,11 @@ def _candidate_conventions(candidates: Any) -> list[Convention]:
     try:
       conv = get_convention(c)
     except (ValueError, TypeError) as e:
-      raise type(e)(f"{_WHERE}: candidates: {str(e).removeprefix('get_convention: ')}") from None
+      raise type(e)(f"{WHERE}: candidates: {str(e).removeprefix('get_convention: ')}") from None
     if conv not in out:
       out.append(conv)
   if not out:
-    raise ValueError(f"{_WHERE}: candidates is empty; pass None to try every convention.")
+    raise ValueError(f"{WHERE}: candidates is empty; pass None to try every convention.")
   return out
 
 
@@ -1020,7 +1022,7 @@ def search(
   **conv_kwargs: Any,
 ) -> Search:
   """:func:`detect_convention` with a report of what was tried (for the command line)."""
-  transposed = as_bool(transposed, "transposed", _WHERE)
+  transposed = as_bool(transposed, "transposed", WHERE)
   xa, ka, ya = _array(x, "x"), _array(kernel, "kernel"), _array(y, "y")
   ba = None if bias is None else _array(bias, "bias")
   fixed = _fixed_args(conv_kwargs, transposed)
@@ -1028,33 +1030,33 @@ def search(
   dtype = _compute_dtype(arrays)
   for name, a in zip(("x", "kernel", "y", "bias"), arrays, strict=False):
     if not np.all(np.isfinite(np.asarray(a, dtype))):
-      raise ValueError(f"{_WHERE}: {name} contains NaN or infinity; pass finite arrays.")
+      raise ValueError(f"{WHERE}: {name} contains NaN or infinity; pass finite arrays.")
   if ka.ndim < 3:
     raise ValueError(
-      f"{_WHERE}: kernel must have rank >= 3 (O, I and at least one spatial "
+      f"{WHERE}: kernel must have rank >= 3 (O, I and at least one spatial "
       f"axis), got shape {shape_str(ka.shape)}."
     )
   n = ka.ndim - 2
   if xa.ndim not in (n + 1, n + 2) or ya.ndim != xa.ndim:
     raise ValueError(
-      f"{_WHERE}: x, kernel and y must have ranks r, n + 2 and r with r = n + 2 (batched) or "
+      f"{WHERE}: x, kernel and y must have ranks r, n + 2 and r with r = n + 2 (batched) or "
       f"n + 1 (unbatched), got x {shape_str(xa.shape)}, kernel {shape_str(ka.shape)}, "
       f"y {shape_str(ya.shape)}."
     )
   if ba is not None and ba.size and np.squeeze(ba).ndim > 1:
     raise ValueError(
-      f"{_WHERE}: bias must hold one value per output channel, got shape {shape_str(ba.shape)}."
+      f"{WHERE}: bias must hold one value per output channel, got shape {shape_str(ba.shape)}."
     )
   y_scale = float(np.max(np.abs(np.asarray(ya, dtype)))) if ya.size else 0.0
   if y_scale == 0.0:
     raise ValueError(
-      f"{_WHERE}: y is all zeros (shape {shape_str(ya.shape)}), which tells "
+      f"{WHERE}: y is all zeros (shape {shape_str(ya.shape)}), which tells "
       "no convention from another; pass an output with non-zero values."
     )
   if rtol is None:
     rtol = _default_rtol(arrays, dtype, ka.size)
   elif not isinstance(rtol, (int, float)) or isinstance(rtol, bool) or not rtol > 0:
-    raise ValueError(f"{_WHERE}: rtol must be a positive number, got {rtol!r}.")
+    raise ValueError(f"{WHERE}: rtol must be a positive number, got {rtol!r}.")
   rtol = float(rtol)
 
   named, pruned = _registry_combos(
@@ -1092,15 +1094,15 @@ def search(
       f"{d}: {r}" for d, r in list(reasons.items())[:6]
     )
     raise ValueError(
-      f"{_WHERE}: no convention or flip/layout combination fits the shapes "
+      f"{WHERE}: no convention or flip/layout combination fits the shapes "
       f"{shapes}{' with ' + repr(fixed) if fixed else ''}. {why}."
     )
   if state.over_budget and not state.hits:
     given = {k: v for k, v in fixed.items() if k in ("strides", "padding", "dilation")}
     raise ValueError(
-      f"{_WHERE}: the search reached its budget without a match: it left "
+      f"{WHERE}: the search reached its budget without a match: it left "
       f"{' and '.join(state.over_budget.values())} unexamined"
-      f"{' (with ' + _kwargs_str(given) + ')' if given else ''}. Fix strides, padding and "
+      f"{' (with ' + kwargs_str(given) + ')' if given else ''}. Fix strides, padding and "
       "dilation to the layer's values, or check that x, kernel and y belong together."
     )
   if state.evaluated == 0:
@@ -1116,8 +1118,8 @@ def search(
       else "x's spatial sizes to y's"
     )
     raise ValueError(
-      f"{_WHERE}: the layouts fit, but no padding, stride or dilation (up to "
-      f"{MAX_DILATION}){' with ' + _kwargs_str(given) if given else ''} maps "
+      f"{WHERE}: the layouts fit, but no padding, stride or dilation (up to "
+      f"{MAX_DILATION}){' with ' + kwargs_str(given) if given else ''} maps "
       f"{what}: {fits}."
     )
   matches = state.matches(ka, bare=candidates is None)
@@ -1161,7 +1163,7 @@ class _State:
           self.over_budget.setdefault(
             "windows",
             f"argument sets whose windows hold more than {limit} elements, e.g. "
-            f"{_kwargs_str(next(a for a in args if a not in small).kwargs)}",
+            f"{kwargs_str(next(a for a in args if a not in small).kwargs)}",
           )
         args = small
         if not args:
@@ -1173,7 +1175,7 @@ class _State:
           for f_i, flip in enumerate(self.flips):
             e = float(errors[j, f_i])
             if self.closest is None or e < self.closest[0]:
-              self.closest = (e, f"{combo.describe(flip)}, {_kwargs_str(a.kwargs)}")
+              self.closest = (e, f"{combo.describe(flip)}, {kwargs_str(a.kwargs)}")
             if e <= self.rtol:
               self.hits.setdefault((i, flip), []).append((tier, e, j, a))
       if self._counting_hit(start, named):
@@ -1214,7 +1216,7 @@ class _State:
         notes.append(
           f"{len(hits) - 1} other argument set{'s' if len(hits) > 2 else ''} also "
           f"reproduce{'' if len(hits) > 2 else 's'} y, e.g. "
-          f"{_kwargs_str(hits[1][3].kwargs)}"
+          f"{kwargs_str(hits[1][3].kwargs)}"
         )
       lay = combo.layouts
       kwargs = {"flip": flip, "layout": lay.lhs, "kernel_layout": lay.rhs}
@@ -1241,7 +1243,8 @@ class _State:
     return [m for _, m in sorted(zip(order, out, strict=True), key=lambda p: p[0])]
 
 
-def _kwargs_str(kwargs: Mapping[str, Any]) -> str:
+def kwargs_str(kwargs: Mapping[str, Any]) -> str:
+  """Arguments as ``key=value`` words, as matches and ``flipconv detect`` print them."""
   return " ".join(f"{k}={v!r}" for k, v in kwargs.items())
 
 
