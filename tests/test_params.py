@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import flipconv as fc
+from flipconv import convert
 from flipconv import params as fp
 from flipconv.convert import KernelPlan
 
@@ -473,7 +474,7 @@ def test_numpy_permutation_matches_np_transpose(shape, data, order, dtype):
   if data.draw(st.booleans()):  # a non-contiguous view
     a = a[(slice(None, None, 2),) + (slice(None),) * (n - 1)]
   plan = KernelPlan("conv", "", "", perm, tuple(sorted(flips)))
-  out = fp.permute_numpy(a, plan)
+  out = convert.permute_numpy(a, plan)
   expected = np.transpose(a, perm)
   if flips:
     expected = np.flip(expected, flips)

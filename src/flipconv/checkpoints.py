@@ -472,7 +472,7 @@ def convert_file(
     >>> np.load(dst)["conv.weight"].shape
     (5, 5, 3, 8)
   """
-  from flipconv.convert import permute_numpy
+  from flipconv.convert import apply_plan
   from flipconv.registry import get_convention
 
   src_path, dst_path = os.fspath(src_path), os.fspath(dst_path)
@@ -523,10 +523,7 @@ def convert_file(
     def arrays() -> Iterator[Any]:
       for t in keep:  # no local holds a tensor while the next one is read
         sel = by_name.get(t.name)
-        if sel is not None and sel.change.changed:
-          yield permute_numpy(reader.read(t.name), sel.plan)
-        else:
-          yield reader.read(t.name)
+        yield reader.read(t.name) if sel is None else apply_plan(reader.read(t.name), sel.plan)
 
     total = sum(t.nbytes for t in keep)
     with progress(total, os.path.basename(dst_path), stream=progress_stream) as on_bytes:

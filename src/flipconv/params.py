@@ -27,7 +27,7 @@ import numpy as np
 from flipconv import _trees
 from flipconv._porting import PlanRow, format_rows, port
 from flipconv._validate import shape_str
-from flipconv.convert import KernelPlan, apply_plan, describe_change, kernel_plan, permute_numpy
+from flipconv.convert import KernelPlan, apply_plan, describe_change, kernel_plan
 from flipconv.registry import Convention, get_convention
 
 Kind = Literal["conv", "conv_transpose", "linear"]
@@ -455,7 +455,7 @@ def _apply(
     return cache[key](leaf)
   if isinstance(leaf, jax.ShapeDtypeStruct):
     return jax.ShapeDtypeStruct(change.new_shape, leaf.dtype)
-  return permute_numpy(leaf, plan)
+  return apply_plan(leaf, plan)
 
 
 def _keep_dict_order(template: Any, out: Any) -> Any:
