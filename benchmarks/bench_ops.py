@@ -66,6 +66,9 @@ Before anything is timed, the contenders of a case are checked to agree
      fold's own cost, ``unfolded/zeros`` what XLA:CPU's conv onto the larger
      output costs (measured 1.3-1.4x for 66x66 vs 64x64, more than the area).
 
+   ``zeros`` and ``unfolded`` compute other results (they price the padding
+   and the fold), so only ``lin.T`` is checked against the circular one.
+
 5. A summary of each target ratio over all the rows of its table (geometric
    mean and range), as ratios of medians, as medians of the ratios of times
    taken in the same repeat, and as ratios of the fastest times. Rows whose
@@ -102,9 +105,6 @@ from flipconv import _padding
 LAYOUTS = {"NHWC": ("NHWC", "HWIO"), "NCHW": ("NCHW", "OIHW")}
 
 
-timed = interleaved
-
-
 def spread(ts: list[float]) -> float:
   """Interquartile range over the median."""
   if len(ts) < 4:
@@ -120,6 +120,31 @@ def check(got, ref, what: str) -> None:
     np.testing.assert_allclose(
       np.asarray(g), r, rtol=1e-4, atol=1e-5 * float(np.abs(r).max()), err_msg=what
     )
+
+
+def jit_and_run(fns: dict[str, Callable], *args) -> tuple[dict[str, Callable], dict[str, object]]:
+  """Each contender jitted, and its output on ``args`` (to check them before timing)."""
+  jitted = {name: jax.jit(f) for name, f in fns.items()}
+  return jitted, {name: f(*args) for name, f in jitted.items()}
+
+
+def hlo_and_times(
+  jitted: dict[str, Callable], args: tuple, repeats: int
+) -> tuple[dict[str, str], dict[str, list[float]]]:
+  """The optimised HLO of each jitted contender, and its times on ``args``, interleaved."""
+  text = {name: hlo(f, *args) for name, f in jitted.items()}
+  times = interleaved({name: lambda f=f: f(*args) for name, f in jitted.items()}, repeats)
+  return text, times
+
+
+def linear_transpose_of(conv_kwargs: dict[str, object], x_shape: tuple[int, ...]) -> Callable:
+  """``(y, k) ->`` JAX's own adjoint of ``x -> fc.conv(x, k, **conv_kwargs)`` at ``y``."""
+
+  def lin_t(y, k):
+    fwd = lambda x: fc.conv(x, k, **conv_kwargs)
+    return jax.linear_transpose(fwd, jax.ShapeDtypeStruct(x_shape, y.dtype))(y)[0]
+
+  return lin_t
 
 
 # ----------------------------------------------------------------- HLO text
@@ -324,18 +349,16 @@ def run_op_case(case: OpCase, layout: str, repeats: int) -> list[dict[str, objec
   x, k = case.arrays(layout)
   rows = []
   for kind in ("fwd", "bwd"):
-    fns = {
-      name: jax.jit(f if kind == "fwd" else grad_of(f)) for name, f in op_fns(case, layout).items()
-    }
-    out = {name: f(x, k) for name, f in fns.items()}
+    fns, out = jit_and_run(
+      {name: f if kind == "fwd" else grad_of(f) for name, f in op_fns(case, layout).items()}, x, k
+    )
     what = f"{case.name} {layout} {kind}"
     check(out["fc.corr"], out["lax"], f"{what}: fc.correlate vs lax")
     check(out["fc.conv"], out["lax+rev"], f"{what}: fc.convolve vs lax+rev")
     if kind == "fwd":  # and the flip itself: convolve(x, k) == correlate(x, flip_kernel(k))
       flipped = fc.flip_kernel(k, LAYOUTS[layout][1])
       check(out["fc.conv"], fns["fc.corr"](x, flipped), f"{what}: convolve vs flipped correlate")
-    text = {name: hlo(f, x, k) for name, f in fns.items()}
-    times = timed({name: lambda f=f: f(x, k) for name, f in fns.items()}, repeats)
+    text, times = hlo_and_times(fns, (x, k), repeats)
     rows.append(
       {
         "case": case.name,
@@ -396,7 +419,7 @@ class TCase:
   channels: int
   taps: int
   strides: int
-  padding: str  # "SAME" or "VALID"
+  padding: object  # "SAME" or "VALID" (part 4: also an int)
   flip: bool
 
   @property
@@ -405,6 +428,21 @@ class TCase:
       f"{self.batch}x{self.size}x{self.size}x{self.channels} {self.taps}x{self.taps} "
       f"s{self.strides} {self.padding} flip={self.flip}"
     )
+
+  def kwargs(self, layout: str) -> dict[str, object]:
+    """fc's arguments for this conv (forward or transposed) in ``layout``."""
+    lhs, rhs = LAYOUTS[layout]
+    return dict(
+      flip=self.flip, strides=self.strides, padding=self.padding, layout=lhs, kernel_layout=rhs
+    )
+
+  def arrays(self, layout: str, rng: np.random.Generator) -> tuple[jax.Array, jax.Array]:
+    """The transposed conv's input ``y`` and the ``channels -> channels`` kernel."""
+    y = rng.standard_normal((self.batch, self.size, self.size, self.channels), np.float32)
+    k = rng.standard_normal((self.taps, self.taps, self.channels, self.channels), np.float32)
+    if layout == "NCHW":
+      y, k = y.transpose(0, 3, 1, 2), k.transpose(3, 2, 0, 1)
+    return jnp.asarray(np.ascontiguousarray(y)), jnp.asarray(np.ascontiguousarray(k))
 
   def lax_pads(self) -> tuple[tuple[tuple[int, int], ...], int]:
     """Pads of the dilated input for lax.conv_transpose, and the output size (see above)."""
@@ -433,9 +471,7 @@ def t_fns(case: TCase, layout: str, x_shape: tuple[int, ...]) -> dict[str, Calla
   swapped = rhs.translate(str.maketrans("OI", "IO"))
   pads, _ = case.lax_pads()
   strides = (case.strides,) * 2
-  kw = dict(
-    flip=case.flip, strides=case.strides, padding=case.padding, layout=lhs, kernel_layout=rhs
-  )
+  kw = case.kwargs(layout)
 
   def lax_tk(y, k):
     # transpose_kernel=True reverses and swaps O/I of the forward conv's kernel.
@@ -450,43 +486,23 @@ def t_fns(case: TCase, layout: str, x_shape: tuple[int, ...]) -> dict[str, Calla
     kk = k if case.flip else lax.rev(k, spatial)
     return lax.conv_transpose(y, kk, strides, pads, dimension_numbers=(lhs, swapped, lhs))
 
-  def lin_t(y, k):
-    fwd = lambda x: fc.conv(x, k, **kw)
-    return jax.linear_transpose(fwd, jax.ShapeDtypeStruct(x_shape, y.dtype))(y)[0]
-
   return {
     "lax.ct(tk)": lax_tk,
     "fc.ct": lambda y, k: fc.conv_transpose(y, k, **kw),
     "lax.ct": lax_min,
-    "lin.T": lin_t,
+    "lin.T": linear_transpose_of(kw, x_shape),
   }
 
 
 def run_t_case(case: TCase, layout: str, repeats: int) -> dict[str, object]:
   rng = np.random.default_rng(1)
-  y = rng.standard_normal((case.batch, case.size, case.size, case.channels), np.float32)
-  k = rng.standard_normal((case.taps, case.taps, case.channels, case.channels), np.float32)
-  if layout == "NCHW":
-    y, k = y.transpose(0, 3, 1, 2), k.transpose(3, 2, 0, 1)
-  y, k = jnp.asarray(np.ascontiguousarray(y)), jnp.asarray(np.ascontiguousarray(k))
+  y, k = case.arrays(layout, rng)
   lhs, rhs = LAYOUTS[layout]
-  x_shape = jax.eval_shape(
-    lambda a, b: fc.conv_transpose(
-      a,
-      b,
-      flip=case.flip,
-      strides=case.strides,
-      padding=case.padding,
-      layout=lhs,
-      kernel_layout=rhs,
-    ),
-    y,
-    k,
-  ).shape
+  kw = case.kwargs(layout)
+  x_shape = jax.eval_shape(lambda a, b: fc.conv_transpose(a, b, **kw), y, k).shape
   _, n = case.lax_pads()
   assert x_shape[lhs.index("H")] == x_shape[lhs.index("W")] == n, (x_shape, n)
-  fns = {name: jax.jit(f) for name, f in t_fns(case, layout, x_shape).items()}
-  out = {name: f(y, k) for name, f in fns.items()}
+  fns, out = jit_and_run(t_fns(case, layout, x_shape), y, k)
   what = f"{case.name} {layout}"
   for name in ("lax.ct(tk)", "lax.ct", "lin.T"):
     check(out["fc.ct"], out[name], f"{what}: fc.conv_transpose vs {name}")
@@ -505,17 +521,14 @@ def run_t_case(case: TCase, layout: str, repeats: int) -> dict[str, object]:
     check(out["fc.ct"], by_string, f"{what}: fc.conv_transpose vs lax's {case.padding!r}")
   # And the adjoint identity <conv(x), y> == <x, conv_transpose(y)> on a random x.
   xr = jnp.asarray(rng.standard_normal(x_shape, np.float32))
-  fwd = fc.conv(
-    xr, k, flip=case.flip, strides=case.strides, padding=case.padding, layout=lhs, kernel_layout=rhs
-  )
+  fwd = fc.conv(xr, k, **kw)
   lhs_dot, rhs_dot = float(jnp.vdot(fwd, y)), float(jnp.vdot(xr, out["fc.ct"]))
   # The two sums cancel a lot; their rounding scales with |conv(x)| |y|, not with the result.
   scale = float(jnp.linalg.norm(fwd) * jnp.linalg.norm(y))
   np.testing.assert_allclose(
     lhs_dot, rhs_dot, rtol=0, atol=1e-5 * scale, err_msg=f"{what}: adjoint identity"
   )
-  text = {name: hlo(f, y, k) for name, f in fns.items()}
-  times = timed({name: lambda f=f: f(y, k) for name, f in fns.items()}, repeats)
+  text, times = hlo_and_times(fns, (y, k), repeats)
   return {
     "case": case.name,
     "layout": layout,
@@ -556,15 +569,10 @@ def print_t_table(rows: list[dict[str, object]]) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class PCase:
-  """A transposed conv whose forward conv pads circularly."""
+class PCase(TCase):
+  """A transposed conv whose forward conv (a cross-correlation) pads circularly."""
 
-  batch: int
-  size: int  # the transposed conv's input size
-  channels: int
-  taps: int
-  strides: int
-  padding: object  # "SAME" or an int
+  flip: bool = False
 
   @property
   def name(self) -> str:
@@ -586,14 +594,9 @@ def p_cases(quick: bool) -> list[PCase]:
 
 
 def run_p_case(case: PCase, layout: str, repeats: int) -> dict[str, object]:
-  rng = np.random.default_rng(2)
-  y = rng.standard_normal((case.batch, case.size, case.size, case.channels), np.float32)
-  k = rng.standard_normal((case.taps, case.taps, case.channels, case.channels), np.float32)
-  if layout == "NCHW":
-    y, k = y.transpose(0, 3, 1, 2), k.transpose(3, 2, 0, 1)
-  y, k = jnp.asarray(np.ascontiguousarray(y)), jnp.asarray(np.ascontiguousarray(k))
-  lhs, rhs = LAYOUTS[layout]
-  kw = dict(flip=False, strides=case.strides, padding=case.padding, layout=lhs, kernel_layout=rhs)
+  y, k = case.arrays(layout, np.random.default_rng(2))
+  lhs = LAYOUTS[layout][0]
+  kw = case.kwargs(layout)
   size = case.size * case.strides
   ((lo, hi),) = _padding.explicit_pads(  # the forward conv's pads, for "unfolded"
     _padding.normalize_padding(case.padding, 1, "bench"), (size,), (case.taps,), (case.strides,)
@@ -601,25 +604,19 @@ def run_p_case(case: PCase, layout: str, repeats: int) -> dict[str, object]:
   extra = lo + hi
   x_shape = tuple(size if c in "HW" else y.shape[lhs.index(c)] for c in lhs)
 
-  def lin_t(y, k):
-    fwd = lambda x: fc.conv(x, k, **kw, pad_mode="circular")
-    return jax.linear_transpose(fwd, jax.ShapeDtypeStruct(x_shape, y.dtype))(y)[0]
-
   fns = {
     "circular": lambda y, k: fc.conv_transpose(
       y, k, **kw, pad_mode="circular", output_shape=(size, size)
     ),
-    "lin.T": lin_t,
+    "lin.T": linear_transpose_of(dict(kw, pad_mode="circular"), x_shape),
     "zeros": lambda y, k: fc.conv_transpose(y, k, **kw, output_shape=(size, size)),
     "unfolded": lambda y, k: fc.conv_transpose(
       y, k, **dict(kw, padding=0), output_shape=(size + extra, size + extra)
     ),
   }
-  fns = {name: jax.jit(f) for name, f in fns.items()}
-  out = {name: f(y, k) for name, f in fns.items()}
+  fns, out = jit_and_run(fns, y, k)
   check(out["circular"], out["lin.T"], f"{case.name} {layout}: circular vs lin.T")
-  text = {name: hlo(f, y, k) for name, f in fns.items()}
-  times = timed({name: lambda f=f: f(y, k) for name, f in fns.items()}, repeats)
+  text, times = hlo_and_times(fns, (y, k), repeats)
   return {
     "case": case.name,
     "layout": layout,
@@ -732,10 +729,13 @@ def main(argv: list[str] | None = None) -> None:
   op_rows = rows_of(op_cases(args.quick), run_op_case) if every else []
   t_rows = rows_of(t_cases(args.quick), run_t_case) if every else []
   p_rows = rows_of(p_cases(args.quick), run_p_case)
-  print(
-    "all contenders agreed before timing (assert_allclose, rtol 1e-4; conv_transpose also "
-    "with lax's string padding and in <conv(x), y> == <x, conv_transpose(y)>)."
-  )
+  agreed = ["assert_allclose, rtol 1e-4"]
+  if every:
+    agreed.append(
+      "conv_transpose also with lax's string padding and in <conv(x), y> == <x, conv_transpose(y)>"
+    )
+  agreed.append("part 4: circular with lin.T; zeros and unfolded compute other results")
+  print(f"all contenders agreed before timing ({'; '.join(agreed)}).")
   if every:
     print_op_table(op_rows)
     print_t_table(t_rows)

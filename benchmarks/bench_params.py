@@ -7,10 +7,10 @@ parameters (178 MB). Prints, in one run:
 
 * convert_params(pytorch -> flax) on NumPy arrays, and the same onto the Flax
   model's variables (``like=``: matching, renaming, shape checks included):
-  throughput over the bytes
-  of the converted kernels, and its ratio to ``np.copy`` of the same arrays
-  (target >= 0.5); also NumPy's plain ``ascontiguousarray(transpose)``, which
-  the tiled copy in ``flipconv.params`` replaces. Medians of interleaved runs.
+  throughput over the bytes of the converted kernels, and its ratio to
+  ``np.copy`` of the same arrays (target >= 0.5); also NumPy's plain
+  ``ascontiguousarray(transpose)``, which the tiled copy in ``flipconv.params``
+  replaces. Medians of interleaved runs (``benchmarks/_timing.py``).
 * peak memory traced during convert_params (tracemalloc), beyond its output.
 * ``flipconv convert`` of the same tree as a .safetensors file: wall time and
   the peak RSS of the process against one that only reads the header
@@ -32,6 +32,7 @@ import tracemalloc
 
 import jax
 import numpy as np
+from _timing import interleaved  # benchmarks/_timing.py, beside this script
 
 import flipconv as fc
 from flipconv import checkpoints
@@ -69,14 +70,6 @@ def resnet_state(blocks: tuple[int, ...], seed: int = 0) -> dict[str, np.ndarray
   sd["fc.weight"] = rng.standard_normal((1000, 2048), np.float32)
   sd["fc.bias"] = rng.standard_normal(1000, np.float32)
   return sd
-
-
-def timed(fn) -> float:
-  t0 = time.perf_counter()
-  out = fn()
-  dt = time.perf_counter() - t0
-  del out
-  return dt
 
 
 def child_peak_rss(args: list[str]) -> tuple[float, float]:
@@ -130,12 +123,7 @@ def main() -> None:
       np.ascontiguousarray(k.transpose(perms[id(k)])) for k in kernels
     ],
   }
-  times: dict[str, list[float]] = {name: [] for name in cases}
-  for fn in cases.values():  # warm-up
-    timed(fn)
-  for _ in range(args.repeats):
-    for name, fn in cases.items():
-      times[name].append(timed(fn))
+  times = interleaved(cases, args.repeats)
   base = statistics.median(times["np.copy (baseline)"])
   print(f"\nthroughput over the kernels' bytes (median of {args.repeats}, interleaved):")
   for name, ts in times.items():

@@ -48,6 +48,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import scipy.signal
 
@@ -123,8 +124,6 @@ def batch_checks() -> list[tuple[str, bool]]:
 
 def learning_checks() -> list[tuple[str, bool]]:
   """Learn an unknown FIR filter from data by gradient descent, through each operation."""
-  import jax.numpy as jnp
-
   rng = np.random.default_rng(2)
   x = rng.standard_normal(4096).astype(np.float32)
   h = exponential_taps()  # the filter to learn, from x and its output alone
@@ -230,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument(
     "--out", type=Path, default=DEFAULT_OUT, help=f"where to write the PNG (default: {DEFAULT_OUT})"
   )

@@ -38,6 +38,7 @@ It prints each step and a line per check; exit code 0 only if all hold.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import warnings
@@ -145,8 +146,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-  import argparse
-
   parser = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )

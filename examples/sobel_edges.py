@@ -67,24 +67,10 @@ def photograph() -> tuple[np.ndarray, str, tuple[slice, slice]]:
   try:
     from skimage import data
   except ImportError:
-    scene = synthetic_scene(128)
-    return (
-      scene,
-      "a synthetic scene (pip install scikit-image for the photograph)",
-      (
-        slice(0, 128),
-        slice(0, 128),
-      ),
-    )
-  # The camera man's head, hands and camera.
-  return (
-    data.camera().astype(np.float32) / 255.0,
-    "skimage.data.camera()",
-    (
-      slice(40, 232),
-      slice(200, 392),
-    ),
-  )
+    source = "a synthetic scene (pip install scikit-image for the photograph)"
+    return synthetic_scene(128), source, (slice(0, 128), slice(0, 128))
+  camera_man = data.camera().astype(np.float32) / 255.0
+  return camera_man, "skimage.data.camera()", (slice(40, 232), slice(200, 392))  # head, camera
 
 
 def report(checks: list[tuple[str, bool]], ok: list[bool]) -> None:
@@ -224,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument(
     "--out", type=Path, default=DEFAULT_OUT, help=f"where to write the PNG (default: {DEFAULT_OUT})"
   )

@@ -43,19 +43,11 @@ import scipy.signal
 
 import flipconv as fc
 
+# The square-and-disc image, a conv on one grey image, the error measure: as `flipconv demo`.
+from flipconv.demo import TOL, filter2d, rel_err, synthetic_scene
+
 SIZE = 80
-TOL = 1e-5  # max |difference| / max |reference|: float32 rounding only
 DEFAULT_OUT = Path(__file__).with_suffix(".png")
-
-
-def synthetic_image(size: int = SIZE) -> np.ndarray:
-  """A square and a disc on a dark background (float32, values in [0, 1])."""
-  yy, xx = np.mgrid[:size, :size]
-  image = np.zeros((size, size), np.float32)
-  image[size // 6 : size // 2, size // 6 : size // 2] = 1.0  # square, top left
-  disc = (yy - 0.65 * size) ** 2 + (xx - 0.65 * size) ** 2 < (0.2 * size) ** 2
-  image[disc] = 0.6  # disc, bottom right
-  return image
 
 
 def comet_kernel(size: int = 15) -> np.ndarray:
@@ -71,19 +63,6 @@ def even_blur_kernel() -> np.ndarray:
   """A 4x4 binomial blur: symmetric, so the flip changes nothing; only the padding matters."""
   b = np.array([1.0, 3.0, 3.0, 1.0], np.float32)
   return np.outer(b, b) / np.outer(b, b).sum()
-
-
-def filt(op, image: np.ndarray, kernel: np.ndarray, padding: str) -> np.ndarray:
-  """``op`` (fc.convolve or fc.correlate) on one grey image: NHWC with N = C = 1."""
-  y = op(image[None, :, :, None], kernel[:, :, None, None], padding=padding)
-  return np.asarray(y)[0, :, :, 0]
-
-
-def rel_err(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  if a.shape != b.shape:
-    return float("inf")
-  return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def check(checks: list[bool], ok: bool, claim: str) -> None:
@@ -142,20 +121,20 @@ def _main(argv: list[str] | None) -> int:
     print("this example draws with matplotlib: pip install matplotlib (or '.[examples]')")
     return 2
 
-  image, comet, blur = synthetic_image(), comet_kernel(), even_blur_kernel()
+  image, comet, blur = synthetic_scene(SIZE), comet_kernel(), even_blur_kernel()
   checks: list[bool] = []
 
   print(f"1. An asymmetric {comet.shape[0]}x{comet.shape[1]} kernel on an {SIZE}x{SIZE} image")
-  conv = filt(fc.convolve, image, comet, "SAME")
-  corr = filt(fc.correlate, image, comet, "SAME")
-  delta = np.zeros((15, 15), np.float32)
-  delta[7, 7] = 1.0
-  c = comet.shape[0] // 2
-  impulse_conv = filt(fc.convolve, delta, comet, "SAME")[7 - c : 8 + c, 7 - c : 8 + c]
-  impulse_corr = filt(fc.correlate, delta, comet, "SAME")[7 - c : 8 + c, 7 - c : 8 + c]
+  conv = filter2d(fc.convolve, image, comet, padding="SAME")
+  corr = filter2d(fc.correlate, image, comet, padding="SAME")
+  delta = np.zeros_like(comet)  # one bright pixel, in the middle of a kernel-sized image
+  delta[comet.shape[0] // 2, comet.shape[1] // 2] = 1.0
+  impulse_conv = filter2d(fc.convolve, delta, comet, padding="SAME")
+  impulse_corr = filter2d(fc.correlate, delta, comet, padding="SAME")
   for mode, padding in (("full", "FULL"), ("valid", "VALID"), ("same", "SAME")):
     err = rel_err(
-      filt(fc.convolve, image, comet, padding), scipy.signal.convolve2d(image, comet, mode=mode)
+      filter2d(fc.convolve, image, comet, padding=padding),
+      scipy.signal.convolve2d(image, comet, mode=mode),
     )
     check(
       checks,
@@ -172,11 +151,11 @@ def _main(argv: list[str] | None) -> int:
   )
   err = rel_err(
     conv,
-    filt(
+    filter2d(
       fc.correlate,
       image,
       np.asarray(fc.flip_kernel(comet[:, :, None, None], "HWIO"))[:, :, 0, 0],
-      "SAME",
+      padding="SAME",
     ),
   )
   check(checks, err < TOL, "fc.convolve(x, k) == fc.correlate(x, fc.flip_kernel(k))")
@@ -201,9 +180,9 @@ def _main(argv: list[str] | None) -> int:
     f"\n2. An even {blur.shape[0]}x{blur.shape[1]} kernel (symmetric): where does 'same' "
     "put the extra row?"
   )
-  same = filt(fc.convolve, image, blur, "SAME")
-  same_lower = filt(fc.convolve, image, blur, "SAME_LOWER")
-  half = filt(fc.convolve, image, blur, "HALF")
+  same = filter2d(fc.convolve, image, blur, padding="SAME")
+  same_lower = filter2d(fc.convolve, image, blur, padding="SAME_LOWER")
+  half = filter2d(fc.convolve, image, blur, padding="HALF")
   scipy_same = scipy.signal.convolve2d(image, blur, mode="same")
   err = rel_err(same_lower, scipy_same)
   check(
@@ -235,7 +214,7 @@ def _main(argv: list[str] | None) -> int:
   )
   check(
     checks,
-    rel_err(filt(fc.correlate, image, blur, "SAME"), same) < TOL,
+    rel_err(filter2d(fc.correlate, image, blur, padding="SAME"), same) < TOL,
     "the kernel is symmetric, so fc.correlate gives the same as fc.convolve: the shift is "
     "the padding's, not the flip's",
   )
