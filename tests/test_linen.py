@@ -51,6 +51,7 @@ from _module_cases import (
 )
 
 nn = pytest.importorskip("flax.linen")
+pytestmark = pytest.mark.usefixtures("cheap_compiles")  # tests/conftest.py
 
 KEY = jax.random.key(0)
 

@@ -50,6 +50,7 @@ from _module_cases import (
 )
 
 nnx = pytest.importorskip("flax.nnx")
+pytestmark = pytest.mark.usefixtures("cheap_compiles")  # tests/conftest.py
 
 
 # --- helpers -----------------------------------------------------------------------------

@@ -26,19 +26,9 @@ from jax.sharding import PartitionSpec as P
 from scipy import signal
 
 import flipconv as fc
+from _reference import assert_matches  # within _reference.PORT_TOL of the oracle
 
-TOL = 2e-5  # max |flax - oracle| / max |oracle|
 KEY = jax.random.key(0, impl="unsafe_rbg")  # like's values are overwritten: fast to compile
-
-
-def rel_err(got, want) -> float:
-  want = np.asarray(want, np.float64)
-  return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
-
-
-def assert_matches(got, want, tol=TOL):
-  assert np.shape(got) == np.shape(want)
-  assert rel_err(got, want) < tol, rel_err(got, want)
 
 
 def rand(shape, seed, scale=1.0):

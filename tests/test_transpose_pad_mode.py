@@ -32,15 +32,7 @@ LAYOUTS = {
   3: [("NDHWC", "DHWIO"), ("NCDHW", "OIDHW")],
 }
 KEY = jax.random.key(0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cheap_compiles():
-  """Unoptimised XLA compiles: tiny arrays, and compile time is most of the run time."""
-  before = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", before)
+pytestmark = pytest.mark.usefixtures("cheap_compiles")  # tests/conftest.py
 
 
 def normal(shape, seed=0, dtype=np.float64):
