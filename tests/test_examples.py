@@ -261,5 +261,7 @@ def test_why_flip_links_what_exists():
   tests = "".join(p.read_text() for p in (EXAMPLES.parent / "tests").glob("test_*.py"))
   for name in named:
     assert f"def {name}(" in tests, name
-  for example in set(re.findall(r"examples/(\w+\.py)", text)):
+  examples = set(re.findall(r"examples/(\w+\.py)", text))
+  assert {"sobel_edges.py", "causal_filter.py"} <= examples
+  for example in examples:
     assert f'"{example}"' in Path(__file__).read_text(), f"{example} is not run here"
