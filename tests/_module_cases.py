@@ -34,15 +34,6 @@ OTHER_CONVENTIONS = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _cheap_compiles():
-  """Unoptimised XLA compiles: tiny arrays, and compile time is most of the run time."""
-  before = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", before)
-
-
 def nd(layout: str, n: int) -> str:
   """A registry layout (written for 2-D) for ``n`` spatial dimensions."""
   return layout.replace("HW", LETTERS[n])

@@ -4,6 +4,10 @@ Slow but obviously right: no flipconv, no lax, no FFT. Data are channels-first
 ``(N, C, *spatial)`` and kernels ``(O, I, *spatial)`` with ``I`` the input channels
 per group; pads are explicit ``(low, high)`` pairs, one per spatial dimension.
 The tests use it with small shapes only.
+
+Also here: :func:`rel_err` and :func:`assert_matches`, how the port tests compare a
+ported model's output with its framework's own (the largest error relative to the
+largest output).
 """
 
 from __future__ import annotations
@@ -106,3 +110,18 @@ def np_conv(
           acc = acc + xp[(slice(None), g * in_per_group + i, *src)] * k[(o, i, *j)]
       y[(slice(None), o, *o_pos)] = acc
   return y
+
+
+def rel_err(got, want) -> float:
+  """``max |got - want| / max |want|``, in float64."""
+  want = np.asarray(want, np.float64)
+  return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
+
+
+PORT_TOL = 2e-5  # float32 rounding through a whole small model
+
+
+def assert_matches(got, want, tol: float = PORT_TOL) -> None:
+  """Same shape, and :func:`rel_err` below ``tol``."""
+  assert np.shape(got) == np.shape(want)
+  assert rel_err(got, want) < tol, rel_err(got, want)

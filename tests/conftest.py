@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # JAX compiles on first call, so per-example deadlines measure the compiler.
@@ -28,3 +29,15 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "flipconv-ci" if _ci 
 # --doctest-modules imports every module under the test paths; this helper of
 # test_docs.py needs Sybil, which test_docs.py skips cleanly without.
 collect_ignore = ["_docblocks.py"]
+
+
+@pytest.fixture(scope="module")
+def cheap_compiles():
+  """Unoptimised XLA compiles for a module's tests (``pytestmark = pytest.mark.usefixtures(
+  "cheap_compiles")``): tiny arrays, and compile time is most of the run time."""
+  import jax
+
+  before = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", before)

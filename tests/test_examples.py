@@ -44,6 +44,14 @@ def assert_lines(output: str, *needles: str) -> None:
     assert any(needle in line for line in lines), f"no line with {needle!r} in:\n{output}"
 
 
+def assert_wrote_only_a_png(png: Path, folder: Path, min_bytes: int) -> None:
+  """``png`` is a PNG of at least ``min_bytes``, and all the example wrote to ``folder``."""
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert png.stat().st_size > min_bytes
+  top = png.parent if png.parent != folder else png  # the --out folder it made, or the file
+  assert list(folder.iterdir()) == [top]
+
+
 def test_port_pytorch_cnn(tmp_path, capsys, monkeypatch):
   pytest.importorskip("torch")
   pytest.importorskip("safetensors")
@@ -117,10 +125,8 @@ def test_true_convolution(tmp_path, capsys, monkeypatch):
     f"wrote {png}",
   )
   assert out.count("ok     ") == 13
-  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  assert png.stat().st_size > 10_000
   # Nothing written next to the example (its default output) when --out is given.
-  assert list(tmp_path.iterdir()) == [png.parent]
+  assert_wrote_only_a_png(png, tmp_path, 10_000)
 
 
 def test_sobel_edges(tmp_path, capsys, monkeypatch):
@@ -153,9 +159,7 @@ def test_sobel_edges(tmp_path, capsys, monkeypatch):
   if torch:
     assert_lines(out, "ok     torch.nn.Conv2d(1, 2, 3, padding=1) with that weight")
   assert out.count("ok     ") == 10 + torch
-  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  assert png.stat().st_size > 50_000
-  assert list(tmp_path.iterdir()) == [png.parent]
+  assert_wrote_only_a_png(png, tmp_path, 50_000)
 
 
 def test_sobel_edges_without_scikit_image_or_torch(tmp_path, capsys, monkeypatch):
@@ -183,7 +187,7 @@ def test_sobel_edges_without_scikit_image_or_torch(tmp_path, capsys, monkeypatch
     "(PyTorch is not installed: the layer is checked against SciPy only)",
   )
   assert out.count("ok     ") == 10
-  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert_wrote_only_a_png(png, tmp_path, 10_000)
 
 
 def test_causal_filter(tmp_path, capsys, monkeypatch):
@@ -227,9 +231,7 @@ def test_causal_filter(tmp_path, capsys, monkeypatch):
   doc = " ".join((EXAMPLES.parent / "docs" / "why-flip.md").read_text().split())
   assert f"differs from `lfilter` by {diff} of the output's maximum" in doc
   assert "the correlation responds 12 samples before the step with the 24 taps, 2 with" in doc
-  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  assert png.stat().st_size > 30_000
-  assert list(tmp_path.iterdir()) == [png.parent]
+  assert_wrote_only_a_png(png, tmp_path, 30_000)
 
 
 @pytest.mark.parametrize("name", ["sobel_edges.py", "causal_filter.py"])
@@ -259,5 +261,7 @@ def test_why_flip_links_what_exists():
   tests = "".join(p.read_text() for p in (EXAMPLES.parent / "tests").glob("test_*.py"))
   for name in named:
     assert f"def {name}(" in tests, name
-  for example in set(re.findall(r"examples/(\w+\.py)", text)):
+  examples = set(re.findall(r"examples/(\w+\.py)", text))
+  assert {"sobel_edges.py", "causal_filter.py"} <= examples
+  for example in examples:
     assert f'"{example}"' in Path(__file__).read_text(), f"{example} is not run here"

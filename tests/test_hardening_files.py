@@ -65,6 +65,31 @@ def run_cli(*args, timeout=60, **kw):
   )
 
 
+def flat_tree(node, prefix=""):
+  """(path, leaf) of nested dicts and lists, paths joined by "/" (small trees: recursive)."""
+  if isinstance(node, (dict, list)):
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for key, child in items:
+      yield from flat_tree(child, f"{prefix}/{key}" if prefix else str(key))
+  else:
+    yield prefix, node
+
+
+def read_safetensors_plainly(path):
+  """A .safetensors file read from its specification: u64 header size, JSON, raw bytes."""
+  dtypes = {"BF16": ml_dtypes.bfloat16, "F8_E5M2": ml_dtypes.float8_e5m2}
+  raw = path.read_bytes()
+  (size,) = struct.unpack("<Q", raw[:8])
+  header, data = json.loads(raw[8 : 8 + size]), raw[8 + size :]
+  header.pop("__metadata__", None)
+  return {
+    name: np.frombuffer(
+      data[e["data_offsets"][0] : e["data_offsets"][1]], dtypes[e["dtype"]]
+    ).reshape(e["shape"])
+    for name, e in header.items()
+  }
+
+
 # ---------------------------------------------------------------------------
 # Hand-made files
 
@@ -360,7 +385,7 @@ def test_corrupted_files_read_as_the_reference_reads_them_or_are_refused(
     with np.load(path) as z:
       want = {k: z[k] for k in z.files}
   elif suffix == ".msgpack":
-    want = {"/".join(map(str, k)): v for k, v in ck.walk_tree(serialization.msgpack_restore(blob))}
+    want = dict(flat_tree(serialization.msgpack_restore(blob)))
   else:
     want = st_load(bytes(blob))
   assert set(got) == set(want)
@@ -404,11 +429,20 @@ def test_msgpack_nested_500_deep_converts(tmp_path, capsys):
 
 @pytest.mark.parametrize("depth", [1000, 3000])
 def test_msgpack_deeper_still_converts_or_is_one_clean_line(tmp_path, capsys, depth):
-  # Hand-packed {"a": {"a": ... [1, 2]}}: past about 1000 levels msgpack itself refuses.
+  # Hand-packed {"a": {"a": ... [1, 2]}}: past about 1000 levels Flax's reader (Python's
+  # recursion limit) and then msgpack itself (3000) refuse. Flax decides which branch holds.
+  from flax import serialization
+
   path, dst = tmp_path / "very.msgpack", tmp_path / "o.msgpack"
   path.write_bytes(b"\x81\xa1a" * depth + b"\x92\x01\x02")
+  try:
+    serialization.msgpack_restore(path.read_bytes())
+    flax_reads_it = True
+  except (RecursionError, ValueError):  # msgpack's StackError is a ValueError
+    flax_reads_it = False
   code, _, err = run_main(capsys, "convert", path, dst, "--from", "pytorch", "--to", "flax")
-  if code == 0:
+  if flax_reads_it:  # (not with Python's default recursion limit of 1000)
+    assert code == 0, err
     assert ck.load(dst) == {"/".join(["a"] * depth) + "/0": 1, "/".join(["a"] * depth) + "/1": 2}
   else:
     assert code == 2 and len(err) == 1 and "very.msgpack" in err[0], err
@@ -418,7 +452,7 @@ def test_msgpack_deeper_still_converts_or_is_one_clean_line(tmp_path, capsys, de
 @pytest.mark.parametrize("kind", ["float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "bfloat16"])
 def test_allow_pickle_reads_float8_and_bfloat16_bit_for_bit(tmp_path, capsys, kind):
   torch = pytest.importorskip("torch")
-  t = torch.randn(4, 3, 2, 2).to(getattr(torch, kind))
+  t = torch.randn(4, 3, 2, 2, generator=torch.Generator().manual_seed(0)).to(getattr(torch, kind))
   path = tmp_path / "m.pt"
   torch.save({"conv": {"weight": t}}, path)
   dst = tmp_path / ("o.msgpack" if kind == "float8_e4m3fnuz" else "o.safetensors")
@@ -436,7 +470,7 @@ def test_allow_pickle_reads_float8_and_bfloat16_bit_for_bit(tmp_path, capsys, ki
 @pytest.mark.parametrize("make", ["sparse_coo", "sparse_csr", "quantized", "float4_e2m1fn_x2"])
 def test_allow_pickle_refuses_what_it_cannot_read_in_one_line(tmp_path, capsys, make):
   torch = pytest.importorskip("torch")
-  dense = torch.randn(4, 4)
+  dense = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
   t = {
     "sparse_coo": lambda: dense.to_sparse(),
     "sparse_csr": lambda: dense.to_sparse_csr(),
@@ -679,7 +713,7 @@ def test_every_writer_stores_the_values(tmp_path, dtype, shape):
       back = np.load(path)["a"]
       back = back.view(dt.newbyteorder("=")) if back.dtype.kind == "V" else back
     elif dt.type.__module__ == "ml_dtypes":  # safetensors.numpy has no bfloat16 or float8
-      back = ck.load(path)["a"]
+      back = read_safetensors_plainly(path)["a"]
     else:
       from safetensors.numpy import load_file
 

@@ -234,7 +234,9 @@ def test_collections_keras_names_and_lasagne_inv_std():
 
 def test_torch_tensors_become_numpy_views():
   torch = pytest.importorskip("torch")
-  lin = torch.nn.Linear(3, 2)  # parameters that require grad
+  with torch.random.fork_rng():  # its values seeded, the global RNG left as it was
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(3, 2)  # parameters that require grad
   params = fc.nest_params(dict(lin.state_dict(keep_vars=True)))
   w = params["kernel"]
   assert isinstance(w, np.ndarray)

@@ -50,6 +50,7 @@ from _module_cases import (
 )
 
 nnx = pytest.importorskip("flax.nnx")
+pytestmark = pytest.mark.usefixtures("cheap_compiles")  # tests/conftest.py
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -194,23 +195,26 @@ def test_padding_meaning_forward_is_the_forward_convs():
   flax_pads = tuple(
     (kk - 1 - lo, kk - 1 - hi + op) for kk, (lo, hi), op in zip(k, pads, out_pad, strict=True)
   )
-  assert_like_flax(
-    fc.nnx.ConvTranspose(
-      3,
-      4,
-      k,
-      strides=2,
-      padding=pads,
-      output_padding=out_pad,
-      padding_meaning="forward",
-      kernel_init=keyed_init,
-      rngs=nnx.Rngs(0),
-    ),
-    nnx.ConvTranspose(
-      3, 4, k, strides=2, padding=flax_pads, kernel_init=keyed_init, rngs=nnx.Rngs(0)
-    ),
-    normal((2, 5, 4, 3)),
+  ours = lambda padding, meaning: fc.nnx.ConvTranspose(
+    3,
+    4,
+    k,
+    strides=2,
+    padding=padding,
+    output_padding=out_pad,
+    padding_meaning=meaning,
+    kernel_init=keyed_init,
+    rngs=nnx.Rngs(0),
   )
+  theirs = lambda padding: nnx.ConvTranspose(
+    3, 4, k, strides=2, padding=padding, kernel_init=keyed_init, rngs=nnx.Rngs(0)
+  )
+  for meaning in ("forward", "pytorch"):
+    assert_like_flax(ours(pads, meaning), theirs(flax_pads), normal((2, 5, 4, 3)))
+  # Flax's meaning spelled out: Flax's padding, output_padding adding at the high end.
+  layer = ours(flax_pads, "dilated_input")
+  more = tuple((lo, hi + op) for (lo, hi), op in zip(flax_pads, out_pad, strict=True))
+  assert_like_flax(layer, theirs(more), normal((2, 5, 4, 3)))
   with pytest.raises(ValueError, match="padding_meaning 'input'"):
     fc.nnx.ConvTranspose(3, 4, k, padding_meaning="input", rngs=nnx.Rngs(0))
 

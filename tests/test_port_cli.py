@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import serialization
 
+from _reference import rel_err
 from flipconv import checkpoints, cli
 
 torch = pytest.importorskip("torch")
@@ -69,10 +70,6 @@ def run(*args):
   return subprocess.run(
     [sys.executable, "-m", "flipconv", *map(str, args)], capture_output=True, text=True, timeout=300
   )
-
-
-def rel_err(a, b):
-  return float(np.max(np.abs(np.asarray(a) - b)) / np.max(np.abs(b)))
 
 
 def test_like_round_trip_equals_torch(setup):
@@ -146,11 +143,14 @@ def test_like_refuses_a_non_msgpack_template_or_output(setup, tmp_path):
 
 
 @pytest.mark.parametrize("text", ["fc", "fc=CHW:HWC", "fc=CHW:HWC:C=x", "=CHW:HWC:C=1"])
-def test_flatten_option_parse_errors(text):
-  with pytest.raises(SystemExit):
+def test_flatten_option_parse_errors(text, capsys):
+  with pytest.raises(SystemExit) as exit_:
     cli.build_parser().parse_args(
       ["convert", "a.npz", "b.msgpack", "--from", "pytorch", "--to", "flax", "--flatten", text]
     )
+  assert exit_.value.code == 2  # argparse's usage error, not --help's 0
+  err = capsys.readouterr().err
+  assert "--flatten" in err and repr(text) in err, err
 
 
 def test_nest_maps_batchnorm_into_params_and_batch_stats(setup, tmp_path):
@@ -164,8 +164,9 @@ def test_nest_maps_batchnorm_into_params_and_batch_stats(setup, tmp_path):
   assert set(variables["batch_stats"]["bn"]) == {"mean", "var"}
   assert "num_batches_tracked" not in str(jax.tree_util.tree_structure(variables))
   assert set(variables["params"]["act"]) == {"negative_slope"}
-  # The values are the file's, renamed; only the kernels are re-laid-out.
-  ported = checkpoints.load(src)
+  # The values are the file's (as safetensors itself reads them), renamed; only the kernels
+  # are re-laid-out.
+  ported = {k: v.numpy() for k, v in safetensors_torch.load_file(str(src)).items()}
   np.testing.assert_array_equal(variables["batch_stats"]["bn"]["var"], ported["bn.running_var"])
   np.testing.assert_array_equal(
     variables["params"]["conv"]["kernel"], ported["conv.weight"].transpose(2, 3, 1, 0)

@@ -26,19 +26,9 @@ from jax.sharding import PartitionSpec as P
 from scipy import signal
 
 import flipconv as fc
+from _reference import assert_matches  # within _reference.PORT_TOL of the oracle
 
-TOL = 2e-5  # max |flax - oracle| / max |oracle|
 KEY = jax.random.key(0, impl="unsafe_rbg")  # like's values are overwritten: fast to compile
-
-
-def rel_err(got, want) -> float:
-  want = np.asarray(want, np.float64)
-  return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
-
-
-def assert_matches(got, want, tol=TOL):
-  assert np.shape(got) == np.shape(want)
-  assert rel_err(got, want) < tol, rel_err(got, want)
 
 
 def rand(shape, seed, scale=1.0):
@@ -470,6 +460,9 @@ def test_convert_linear_kernel_feature_order_jax_array_and_errors():
     w, "pytorch", "flax", feature_shape=sizes, feature_order=("WHC", "HWC")
   )
   assert isinstance(got, jax.Array) and got.shape == (24, 2)
+  # NumPy: the inputs flattened (W, H, C) re-ordered (H, W, C); Flax's (in, out).
+  want = np.asarray(w).reshape(2, 4, 3, 2).transpose(0, 2, 1, 3).reshape(2, 24).T
+  np.testing.assert_array_equal(got, want)
   with pytest.raises(ValueError, match="same letters"):
     fc.convert_linear_kernel(
       w, "pytorch", "flax", feature_shape=sizes, feature_order=("CHW", "HWD")
@@ -480,7 +473,10 @@ def test_convert_linear_kernel_feature_order_jax_array_and_errors():
     )
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    fc.convert_linear_kernel(np.asarray(w), "pytorch", "flax", feature_shape=(2, 3, 4))
+    got = fc.convert_linear_kernel(np.asarray(w), "pytorch", "flax", feature_shape=(2, 3, 4))
+  # Without feature_order: torch's C, H, W flatten to Flax's H, W, C.
+  want = np.asarray(w).reshape(2, 2, 3, 4).transpose(0, 2, 3, 1).reshape(2, 24).T
+  np.testing.assert_array_equal(got, want)
 
 
 def test_flatten_glob_that_matches_no_dense_layer_is_an_error():

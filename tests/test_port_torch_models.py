@@ -27,6 +27,7 @@ import pytest
 from flax import nnx
 
 import flipconv as fc
+from _reference import assert_matches, rel_err  # within _reference.PORT_TOL of the oracle
 from flipconv._porting import OrderWarning
 
 torch = pytest.importorskip("torch")
@@ -38,7 +39,6 @@ pytestmark = [
   pytest.mark.filterwarnings("error::flipconv._porting.OrderWarning"),
 ]
 
-TOL = 2e-5  # max |flax - torch| / max |torch|
 # like's values are overwritten: a key whose random bits compile fast (threefry's
 # take most of an init's time on CPU).
 KEY = jax.random.key(0, impl="unsafe_rbg")
@@ -65,16 +65,6 @@ def randomize(model: tnn.Module, seed: int) -> tnn.Module:
 def torch_run(model: tnn.Module, x: np.ndarray) -> np.ndarray:
   with torch.no_grad():
     return model(torch.from_numpy(x)).numpy()
-
-
-def rel_err(got, want) -> float:
-  want = np.asarray(want, np.float64)
-  return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
-
-
-def assert_matches(got, want, tol=TOL):
-  assert np.shape(got) == np.shape(want)
-  assert rel_err(got, want) < tol, rel_err(got, want)
 
 
 def nhwc(x: np.ndarray) -> np.ndarray:

@@ -57,11 +57,16 @@ def test_kernel_converters_take_parameters_as_numpy_views():
   )
   same = fc.convert_kernel(conv.weight, "pytorch", "onnx")  # nothing to do: no copy
   assert np.shares_memory(same, w)
+  dense = fc.convert_linear_kernel(linear.weight, "pytorch", "flax", feature_shape=(4, 2, 2))
   np.testing.assert_array_equal(
-    fc.convert_linear_kernel(linear.weight, "pytorch", "flax", feature_shape=(4, 2, 2)),
-    fc.convert_linear_kernel(_np(linear.weight), "pytorch", "flax", feature_shape=(4, 2, 2)),
+    dense, fc.convert_linear_kernel(_np(linear.weight), "pytorch", "flax", feature_shape=(4, 2, 2))
   )
+  # In NumPy: torch's (out, C*H*W) rows, their inputs re-ordered (H, W, C), as (in, out).
+  want = _np(linear.weight).reshape(5, 4, 2, 2).transpose(0, 2, 3, 1).reshape(5, 16).T
+  np.testing.assert_array_equal(dense, want)
+  dw = fc.convert_depthwise_kernel(depthwise.weight, "pytorch", "keras", groups=4)
   np.testing.assert_array_equal(
-    fc.convert_depthwise_kernel(depthwise.weight, "pytorch", "keras", groups=4),
-    fc.convert_depthwise_kernel(_np(depthwise.weight), "pytorch", "keras", groups=4),
+    dw, fc.convert_depthwise_kernel(_np(depthwise.weight), "pytorch", "keras", groups=4)
   )
+  # Keras' (H, W, C, multiplier) from torch's (C * multiplier, 1, H, W): channel c * 2 + m.
+  np.testing.assert_array_equal(dw, _np(depthwise.weight).reshape(4, 2, 3, 3).transpose(2, 3, 0, 1))
